@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make pipeline` and `make test`.
+# The environment is installed from requirements.lock with --no-deps: every package is pinned
+# there, so pip's resolver never runs (it cannot: prefect 3.9.1 asks for a certifi newer than
+# the package index has, see README "Troubleshooting").
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: pipeline test test-fast lint typecheck bench clean-venv
+
+$(STAMP): requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --no-deps --requirement requirements.lock
+	touch $(STAMP)
+
+pipeline: $(STAMP)
+	$(BIN)/dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy components
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/pipeline.py --quick
+
+clean-venv:
+	rm -rf $(VENV)

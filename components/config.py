@@ -1,0 +1,119 @@
+"""Typed configuration: one section of params.yaml per stage.
+
+Each section is a frozen pydantic model with `extra="forbid"` and strict types, so an unknown
+key, a missing key or a value of the wrong type fails at load time with the key named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, malformed, or a section does not match its typed config."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class IngestConfig(_Section):
+    source: str = "builtin:digits"
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    seed: int = 0
+    # Images above this pixel count are not decoded at ingest (no statistics); validate
+    # then refuses them by their header alone, so a decompression bomb is never expanded.
+    max_pixels: int = Field(50_000_000, gt=0)
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_train_split(self) -> IngestConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be below 1")
+        return self
+
+
+class ValidateConfig(_Section):
+    min_classes: int = Field(2, ge=2)
+    min_images_per_class: int = Field(10, ge=1)
+    # largest class count divided by the smallest; 1.0 means perfectly balanced
+    max_class_imbalance: float = Field(5.0, ge=1)
+    min_side: int = Field(8, ge=1)
+    max_side: int = Field(4096, ge=1)
+    max_pixels: int = Field(16_000_000, ge=1)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(15, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    seed: int = 0
+    image_size: int = Field(16, ge=4)
+    channels: list[int] = Field(default_factory=lambda: [32, 64])
+    hidden: int = Field(128, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    loader_workers: int = Field(0, ge=0)
+    experiment: str = "image-classifier"
+    # "" keeps Ray Train's checkpoints under .cache/ray; "s3://bucket/prefix" at scale.
+    storage_path: str = ""
+
+    @model_validator(mode="after")
+    def _channels_not_empty(self) -> TrainConfig:
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError("channels must list at least one positive width")
+        return self
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(256, ge=1)
+
+
+SectionT = TypeVar("SectionT", bound=_Section)
+
+
+def read_params(params_path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """Read params.yaml as a mapping of section name to section mapping."""
+    if not params_path.is_file():
+        raise ParamsError(f"{params_path}: file not found")
+    try:
+        raw = yaml.safe_load(params_path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{params_path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{params_path}: top level must be a mapping of sections")
+    return raw
+
+
+def load_params(
+    section: str, config_type: type[SectionT], params_path: Path = DEFAULT_PARAMS
+) -> SectionT:
+    """Load one section of params.yaml into its typed config; raises ParamsError naming the key."""
+    values = read_params(params_path).get(section)
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ParamsError(f"{params_path}: section '{section}' must be a mapping")
+    try:
+        return config_type(**values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{section}.{'.'.join(str(part) for part in item['loc']) or '<section>'}: "
+            f"{_describe(item)}"
+            for item in error.errors()
+        )
+        raise ParamsError(f"{params_path}: {problems}") from None
+
+
+def _describe(item: Any) -> str:
+    if item["type"] == "extra_forbidden":
+        return "unknown key"
+    return f"{item['msg']} (got {item.get('input')!r})"

@@ -1,0 +1,128 @@
+"""ingest: copy a source into a versioned image dataset with a manifest and a stable split."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from components.config import IngestConfig
+from components.images import ImageReadError, decode, pixel_stats, read_header
+from components.io import atomic_dir, sha256_file, write_json
+from components.sources import copy_source
+
+IMAGES = "images"
+MANIFEST = "manifest.parquet"
+DATASET_JSON = "dataset.json"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    out_dir: Path
+    content_hash: str
+    num_images: int
+    classes: list[str]
+
+
+def ingest(cfg: IngestConfig, *, out_dir: Path) -> IngestResult:
+    """Copy `cfg.source` into `out_dir` and write manifest.parquet and dataset.json there.
+
+    Unreadable files are kept and recorded with empty statistics: validate names them.
+    """
+    with atomic_dir(out_dir) as staging:
+        copy_source(cfg.source, staging / IMAGES)
+        manifest = _describe_files(staging, cfg.max_pixels)
+        manifest["split"] = _assign_splits(manifest, cfg)
+        manifest.to_parquet(staging / MANIFEST, index=False)
+        summary = _summarise(manifest, cfg.source)
+        write_json(staging / DATASET_JSON, summary)
+    return IngestResult(
+        out_dir=out_dir,
+        content_hash=summary["content_hash"],
+        num_images=summary["num_images"],
+        classes=summary["classes"],
+    )
+
+
+def _describe_files(root: Path, max_pixels: int) -> pd.DataFrame:
+    paths = sorted(p for p in (root / IMAGES).rglob("*") if p.is_file() or p.is_symlink())
+    rows = [_describe(root, path, max_pixels) for path in tqdm(paths, desc="describe")]
+    frame = pd.DataFrame(
+        rows,
+        columns=["path", "sha256", "label", "height", "width", "channels",
+                 "pixel_mean", "pixel_std"],
+    )
+    for column in ("height", "width", "channels"):
+        frame[column] = frame[column].astype("Int64")  # nullable: unreadable files stay
+    return frame
+
+
+def _describe(root: Path, path: Path, max_pixels: int) -> dict[str, object]:
+    relative = path.relative_to(root).as_posix()
+    row: dict[str, object] = {"path": relative, "label": path.parent.name, "sha256": None}
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        return row  # never read through a link that leaves the dataset
+    row["sha256"] = sha256_file(path)
+    try:
+        header = read_header(path)
+        row.update(height=header.height, width=header.width, channels=header.channels)
+        image = decode(path, channels=header.channels, max_pixels=max_pixels)
+    except ImageReadError:
+        return row
+    stats = pixel_stats(image)
+    row.update(pixel_mean=stats.mean, pixel_std=stats.std)
+    return row
+
+
+def _assign_splits(manifest: pd.DataFrame, cfg: IngestConfig) -> pd.Series:
+    """Stratified by label, deterministic, and by content: identical files share a split.
+
+    Groups (one per distinct sha256) are ordered by hash before the seeded shuffle, so the
+    split depends on the content only, not on file names or on the order of the source.
+    """
+    group_key = manifest["sha256"].fillna("path:" + manifest["path"])
+    groups = manifest.assign(group=group_key).groupby("group")["label"].min()
+    split_of_group: dict[str, str] = {}
+    rng = np.random.default_rng(cfg.seed)
+    for label in sorted(groups.unique()):
+        members = sorted(groups.index[groups == label])
+        order = [members[i] for i in rng.permutation(len(members))]
+        n_test, n_val = _split_sizes(len(order), cfg)
+        for position, group in enumerate(order):
+            split_of_group[group] = (
+                "test" if position < n_test else "val" if position < n_test + n_val else "train"
+            )
+    return group_key.map(split_of_group)
+
+
+def _split_sizes(count: int, cfg: IngestConfig) -> tuple[int, int]:
+    if count < 3:  # too few to split; validate refuses the class by name
+        return 0, 0
+    n_test = max(1, round(count * cfg.test_fraction))
+    n_val = max(1, round(count * cfg.val_fraction))
+    n_val = max(1, min(n_val, count - 1 - n_test))  # keep at least one image for train
+    n_test = min(n_test, count - 1 - n_val)
+    return n_test, n_val
+
+
+def _summarise(manifest: pd.DataFrame, source: str) -> dict[str, object]:
+    rows = sorted(
+        zip(manifest["path"], manifest["sha256"].fillna(""), manifest["label"], strict=True)
+    )
+    content = hashlib.sha256("".join(f"{p}\t{s}\t{lbl}\n" for p, s, lbl in rows).encode())
+    counts = {
+        split: {str(k): int(v) for k, v in part.groupby("label").size().items()}
+        for split, part in manifest.groupby("split")
+    }
+    return {
+        "content_hash": content.hexdigest(),
+        "num_images": len(manifest),
+        "classes": sorted(manifest["label"].unique().tolist()),
+        "counts": counts,
+        "source": source,
+    }

@@ -1,0 +1,88 @@
+"""The model family and its spec: everything needed to rebuild a network from its weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from components.io import read_json, write_json
+
+SPEC_FILE = "spec.json"
+WEIGHTS_FILE = "model.pt"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture and input contract of a trained model (written as spec.json)."""
+
+    arch: str
+    classes: list[str]
+    in_channels: int
+    image_size: int
+    channels: list[int]
+    hidden: int
+    dropout: float
+    mean: float  # input normalisation, pixel values scaled to [0, 1]
+    std: float
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    if spec.arch != "cnn":
+        raise ValueError(f"spec.arch: unknown architecture '{spec.arch}'")
+    return SmallCNN(spec)
+
+
+class SmallCNN(nn.Module):
+    """conv-BN-ReLU blocks, each halving the resolution, then a dropout MLP head."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        width_in = spec.in_channels
+        for width in spec.channels:
+            blocks += [
+                nn.Conv2d(width_in, width, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            width_in = width
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(width_in, spec.hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(spec.dropout),
+            nn.Linear(spec.hidden, spec.num_classes),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(images)))
+
+
+def save_model(model: nn.Module, spec: ModelSpec, out_dir: Path) -> None:
+    """Weights as a plain state dict (no pickled code) beside the spec."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)
+    write_json(out_dir / SPEC_FILE, asdict(spec))
+
+
+def load_model(model_dir: Path) -> tuple[nn.Module, ModelSpec]:
+    spec = ModelSpec(**read_json(model_dir / SPEC_FILE))
+    model = build_model(spec)
+    weights_path = model_dir / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path}: model weights are missing (run train first)")
+    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    return model.eval(), spec

@@ -1,0 +1,49 @@
+"""Connecting to Ray: the cluster named by RAY_ADDRESS, or a local instance started here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import ray
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_STORAGE = PROJECT_ROOT / ".cache" / "ray"
+
+
+def ensure_ray(num_workers: int) -> None:
+    """Start (or join) Ray once per process.
+
+    Locally, Ray sees at least one CPU per Train worker plus one for the trial driver, so a
+    two-worker run fits a two-core laptop; on a cluster the cluster's resources decide.
+    """
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": {"PYTHONPATH": _pythonpath()}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=runtime_env, log_to_driver=True)
+    else:
+        cpus = max(os.cpu_count() or 1, num_workers + 1)
+        # The dashboard stays on: Ray Train's placement-group cleaner needs its State API.
+        ray.init(num_cpus=cpus, runtime_env=runtime_env)
+
+
+def storage_path_for(configured: str) -> str:
+    """Where Ray Train keeps checkpoints: params' storage_path, or a local cache folder."""
+    if configured:
+        return configured if "://" in configured else str(Path(configured).resolve())
+    LOCAL_STORAGE.mkdir(parents=True, exist_ok=True)
+    return str(LOCAL_STORAGE)
+
+
+def discard_local_run(run_path: str) -> None:
+    """Delete a finished run's checkpoints when they live in the local cache (never remote)."""
+    path = Path(run_path)
+    if path.is_dir() and path.resolve().is_relative_to(LOCAL_STORAGE.resolve()):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _pythonpath() -> str:
+    existing = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(p for p in (str(PROJECT_ROOT), existing) if p)

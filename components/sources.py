@@ -1,0 +1,108 @@
+"""Where ingest copies images from: the built-in digits, a local folder, or an S3 prefix.
+
+Every source lands in the same layout, `<images_dir>/<class>/<file>`, with the bytes copied
+unchanged, so the same content gives the same manifest (and content hash) from any source.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from components.images import IGNORED_NAMES
+
+BUILTIN_DIGITS = "builtin:digits"
+
+
+class SourceError(ValueError):
+    """The source cannot be read in the expected layout; the message names the item."""
+
+
+def copy_source(source: str, images_dir: Path) -> None:
+    """Copy every file of `source` into `images_dir/<class>/...`."""
+    if source == BUILTIN_DIGITS:
+        _write_digits(images_dir)
+    elif source.startswith("s3://"):
+        _download_s3(source, images_dir)
+    elif source.startswith("builtin:"):
+        raise SourceError(f"ingest.source: unknown built-in dataset '{source}'")
+    else:
+        _copy_folder(Path(source), images_dir)
+
+
+def _write_digits(images_dir: Path) -> None:
+    """scikit-learn's bundled 8x8 digits (values 0..16), written as 8-bit grey PNGs."""
+    from sklearn.datasets import load_digits  # imported here: only this source needs it
+
+    digits = load_digits()
+    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    for index, (image, label) in enumerate(
+        tqdm(zip(pixels, digits.target, strict=True), total=len(pixels), desc="digits")
+    ):
+        class_dir = images_dir / str(label)
+        class_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image, mode="L").save(class_dir / f"digit_{index:04d}.png")
+
+
+def _copy_folder(root: Path, images_dir: Path) -> None:
+    if not root.is_dir():
+        raise SourceError(f"ingest.source: folder '{root}' does not exist")
+    real_root = root.resolve()
+    files = sorted(_walk_files(root))
+    for path in tqdm(files, desc="copy", unit="file"):
+        relative = path.relative_to(root)
+        target = images_dir / _class_relative(relative, str(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+            # Keep the escaping link as a link (never read what it points to) so that
+            # validate refuses it by name instead of the copy hiding it.
+            os.symlink(os.readlink(path), target)
+        else:
+            shutil.copyfile(path, target)
+
+
+def _walk_files(root: Path) -> list[Path]:
+    found = []
+    for folder, _dirs, names in os.walk(root):  # does not descend into linked folders
+        found.extend(Path(folder) / name for name in names if not _ignored(name))
+    return found
+
+
+def _download_s3(uri: str, images_dir: Path) -> None:
+    """Download `s3://bucket/prefix/<class>/<file>`; endpoint and keys come from AWS_* env."""
+    import boto3  # imported here: only this source needs it
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    client = boto3.client("s3")
+    keys = [
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+        if not item["Key"].endswith("/") and not _ignored(PurePosixPath(item["Key"]).name)
+    ]
+    if not keys:
+        raise SourceError(f"ingest.source: no objects under '{uri}'")
+    for key in tqdm(sorted(keys), desc="s3", unit="object"):
+        relative = PurePosixPath(key[len(prefix) :])
+        target = images_dir / _class_relative(relative, f"s3://{bucket}/{key}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, key, str(target))
+
+
+def _class_relative(relative: PurePosixPath | Path, item: str) -> Path:
+    parts = relative.parts
+    if len(parts) < 2:
+        raise SourceError(f"{item}: not inside a class folder (expected <class>/<file>)")
+    if any(part in ("", ".", "..") for part in parts):
+        raise SourceError(f"{item}: path leaves the dataset root")
+    return Path(*parts)
+
+
+def _ignored(name: str) -> bool:
+    return name in IGNORED_NAMES

@@ -1,0 +1,44 @@
+"""The training pipeline as a Prefect flow: the same component functions, in dvc.yaml's order.
+
+`python -m flows.training` runs it on a temporary local Prefect server unless PREFECT_API_URL
+names one. Retries go on I/O stages only (ingest reads remote storage); training gets none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+
+from components.config import EvaluateConfig, IngestConfig, TrainConfig, ValidateConfig, load_params
+from components.evaluate import evaluate
+from components.ingest import ingest
+from components.train import train
+from components.validate import DataValidationError, validate
+
+ingest_task = task(name="ingest", retries=3, retry_delay_seconds=[2, 5, 15])(ingest)
+validate_task = task(name="validate")(validate)
+train_task = task(name="train")(train)
+evaluate_task = task(name="evaluate")(evaluate)
+
+
+@flow(name="training")
+def training(params_path: Path = Path("params.yaml"), root: Path = Path(".")) -> dict[str, float]:
+    """ingest -> validate (gate) -> train -> evaluate; returns the test metrics."""
+    data_dir = root / "data/dataset"
+    dataset = ingest_task(load_params("ingest", IngestConfig, params_path), out_dir=data_dir)
+    report = validate_task(load_params("validate", ValidateConfig, params_path),
+                           data_dir=dataset.out_dir, report_dir=root / "reports/validation")
+    if not report.success:
+        raise DataValidationError(report.failed)
+    candidate = train_task(load_params("train", TrainConfig, params_path),
+                           data_dir=dataset.out_dir, out_dir=root / "models/candidate",
+                           params_path=params_path)
+    evaluation = evaluate_task(load_params("evaluate", EvaluateConfig, params_path),
+                               model_dir=candidate.model_dir, data_dir=dataset.out_dir,
+                               report_dir=root / "reports/evaluation")
+    return evaluation.metrics
+
+
+if __name__ == "__main__":
+    training()

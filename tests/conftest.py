@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny datasets, tiny params, and the real local servers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import IngestConfig, TrainConfig, ValidateConfig, load_params
+from components.ingest import IngestResult, ingest
+from tests import servers
+from tests.imagegen import make_image_folder
+
+TINY_PARAMS = Path(__file__).parent / "params.tiny.yaml"
+
+# Nothing the tests start may phone home.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def tiny_params(tmp_path: Path, **overrides: dict) -> Path:
+    """tests/params.tiny.yaml with some sections' keys replaced, written under tmp_path."""
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    for section, values in overrides.items():
+        params[section] = {**params.get(section, {}), **values}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "source")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> IngestResult:
+    """An ingested, valid 3-class grey dataset shared by the read-only tests."""
+    root = tmp_path_factory.mktemp("tiny")
+    source = make_image_folder(root / "source", per_class=14)
+    cfg = load_params("ingest", IngestConfig, TINY_PARAMS).model_copy(update={"source": str(source)})
+    return ingest(cfg, out_dir=root / "dataset")
+
+
+@pytest.fixture(scope="session")
+def validate_cfg() -> ValidateConfig:
+    return load_params("validate", ValidateConfig, TINY_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def train_cfg() -> TrainConfig:
+    return load_params("train", TrainConfig, TINY_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with servers.mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with servers.prefect_server(tmp_path_factory.mktemp("prefect")) as api:
+        yield api
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with servers.moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def aws_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The standard AWS variables pointing boto3 at the moto server."""
+    values = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test-access-key",
+              "AWS_SECRET_ACCESS_KEY": "test-secret-do-not-leak", "AWS_DEFAULT_REGION": "us-east-1"}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray cluster for the session, big enough for two Train workers."""
+    import ray
+
+    from components.ray_runtime import ensure_ray
+
+    ensure_ray(num_workers=2)
+    yield
+    ray.shutdown()
