@@ -6,6 +6,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# dvc.yaml stages call `python`: the venv's, as when the venv is activated by hand.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: pipeline test test-fast lint typecheck bench clean-venv
 

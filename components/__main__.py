@@ -64,7 +64,7 @@ def train(data_dir: Path = typer.Option(Path("data/dataset")),
 
     result = run(load_params("train", TrainConfig, params), data_dir=data_dir, out_dir=out_dir,
                  params_path=params)
-    typer.echo(f"val_accuracy {result.metrics['best_val_accuracy']:.4f}; "
+    typer.echo(f"val_accuracy {result.metrics['val_accuracy']:.4f}; "
                f"MLflow run {result.run_id}")
 
 

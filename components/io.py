@@ -23,6 +23,7 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; outputs are not
     try:
         yield staging
     except BaseException:
@@ -49,6 +50,7 @@ def write_json(path: Path, payload: Any) -> None:
     with os.fdopen(handle, "w") as stream:
         json.dump(payload, stream, indent=2, sort_keys=True, default=str)
         stream.write("\n")
+    os.chmod(temporary, 0o666 & ~_umask())
     os.replace(temporary, path)
 
 
@@ -68,3 +70,9 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
