@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from tqdm import tqdm
 from components.config import IngestConfig
 from components.images import ImageReadError, decode, pixel_stats, read_header
 from components.io import atomic_dir, sha256_file, write_json
-from components.sources import copy_source
+from components.sources import copy_source, source_fingerprint
 
 IMAGES = "images"
 MANIFEST = "manifest.parquet"
@@ -33,7 +34,15 @@ def ingest(cfg: IngestConfig, *, out_dir: Path) -> IngestResult:
     """Copy `cfg.source` into `out_dir` and write manifest.parquet and dataset.json there.
 
     Unreadable files are kept and recorded with empty statistics: validate names them.
+    When the source and params are unchanged since the last ingest into `out_dir`, nothing
+    is rewritten (DVC runs this stage every time, since it cannot watch every source).
     """
+    marker = out_dir.parent / f".{out_dir.name}.source.json"
+    fingerprint = {"source": source_fingerprint(cfg.source), "params": cfg.model_dump()}
+    current = _unchanged_since_last_ingest(out_dir, marker, fingerprint)
+    if current is not None:
+        return _result(out_dir, current)
+    marker.unlink(missing_ok=True)
     with atomic_dir(out_dir) as staging:
         copy_source(cfg.source, staging / IMAGES)
         manifest = _describe_files(staging, cfg.max_pixels)
@@ -41,12 +50,25 @@ def ingest(cfg: IngestConfig, *, out_dir: Path) -> IngestResult:
         manifest.to_parquet(staging / MANIFEST, index=False)
         summary = _summarise(manifest, cfg.source)
         write_json(staging / DATASET_JSON, summary)
-    return IngestResult(
-        out_dir=out_dir,
-        content_hash=summary["content_hash"],
-        num_images=summary["num_images"],
-        classes=summary["classes"],
-    )
+    write_json(marker, {**fingerprint, "content_hash": summary["content_hash"]})
+    return _result(out_dir, summary)
+
+
+def _unchanged_since_last_ingest(out_dir: Path, marker: Path, fingerprint: dict) -> dict | None:
+    """dataset.json if `out_dir` still holds what the last ingest of this same source wrote
+    (a `dvc checkout` of another version changes the content hash and forces a new ingest)."""
+    if not (marker.is_file() and (out_dir / DATASET_JSON).is_file()):
+        return None
+    recorded = json.loads(marker.read_text())
+    summary = json.loads((out_dir / DATASET_JSON).read_text())
+    same_source = {k: recorded.get(k) for k in fingerprint} == fingerprint
+    return summary if same_source and recorded.get("content_hash") == summary["content_hash"] \
+        else None
+
+
+def _result(out_dir: Path, summary: dict) -> IngestResult:
+    return IngestResult(out_dir=out_dir, content_hash=summary["content_hash"],
+                        num_images=summary["num_images"], classes=summary["classes"])
 
 
 def _describe_files(root: Path, max_pixels: int) -> pd.DataFrame:

@@ -6,9 +6,11 @@ unchanged, so the same content gives the same manifest (and content hash) from a
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -33,6 +35,22 @@ def copy_source(source: str, images_dir: Path) -> None:
         raise SourceError(f"ingest.source: unknown built-in dataset '{source}'")
     else:
         _copy_folder(Path(source), images_dir)
+
+
+def source_fingerprint(source: str) -> str:
+    """A cheap fingerprint of the source's current state: names, sizes and change markers
+    (mtimes locally, ETags on S3), without reading any file's content."""
+    if source == BUILTIN_DIGITS:
+        from importlib.metadata import version
+
+        return f"{source} scikit-learn=={version('scikit-learn')}"
+    if source.startswith("s3://"):
+        entries = [f"{item['Key']}\t{item['ETag']}\t{item['Size']}" for item in _list_s3(source)[2]]
+    else:
+        root = Path(source)
+        entries = [f"{p.relative_to(root)}\t{p.lstat().st_size}\t{p.lstat().st_mtime_ns}"
+                   for p in _walk_files(root)] if root.is_dir() else []
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
 
 
 def _write_digits(images_dir: Path) -> None:
@@ -75,17 +93,9 @@ def _walk_files(root: Path) -> list[Path]:
 
 def _download_s3(uri: str, images_dir: Path) -> None:
     """Download `s3://bucket/prefix/<class>/<file>`; endpoint and keys come from AWS_* env."""
-    import boto3  # imported here: only this source needs it
-
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-    client = boto3.client("s3")
-    keys = [
-        item["Key"]
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for item in page.get("Contents", [])
-        if not item["Key"].endswith("/") and not _ignored(PurePosixPath(item["Key"]).name)
-    ]
+    client, prefix, items = _list_s3(uri)
+    bucket = uri.removeprefix("s3://").partition("/")[0]
+    keys = [item["Key"] for item in items]
     if not keys:
         raise SourceError(f"ingest.source: no objects under '{uri}'")
     for key in tqdm(sorted(keys), desc="s3", unit="object"):
@@ -93,6 +103,21 @@ def _download_s3(uri: str, images_dir: Path) -> None:
         target = images_dir / _class_relative(relative, f"s3://{bucket}/{key}")
         target.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(bucket, key, str(target))
+
+
+def _list_s3(uri: str) -> tuple[Any, str, list[dict[str, Any]]]:
+    import boto3  # imported here: only this source needs it
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    client = boto3.client("s3")
+    items = [
+        item
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+        if not item["Key"].endswith("/") and not _ignored(PurePosixPath(item["Key"]).name)
+    ]
+    return client, prefix, items
 
 
 def _class_relative(relative: PurePosixPath | Path, item: str) -> Path:

@@ -125,3 +125,16 @@ def test_unreadable_files_are_kept_for_validate(image_folder: Path, tmp_path: Pa
     manifest = pd.read_parquet(tmp_path / "dataset" / MANIFEST).set_index("path")
     row = manifest.loc["images/class_0/notes.txt"]
     assert pd.isna(row["height"]) and pd.isna(row["pixel_mean"]) and row["sha256"]
+
+
+def test_unchanged_source_is_not_copied_again(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dataset"
+    first = ingest(cfg(image_folder), out_dir=out)
+    stamp = (out / MANIFEST).stat().st_mtime_ns
+    assert ingest(cfg(image_folder), out_dir=out) == first
+    assert (out / MANIFEST).stat().st_mtime_ns == stamp  # skipped: nothing rewritten
+    shutil.copyfile(image_folder / "class_2" / "img_000.png", image_folder / "class_2" / "new.png")
+    changed = ingest(cfg(image_folder), out_dir=out)
+    assert changed.num_images == first.num_images + 1
+    assert ingest(cfg(image_folder, seed=3), out_dir=out).content_hash == changed.content_hash
+    assert (out / MANIFEST).stat().st_mtime_ns != stamp  # params changed: ingested again

@@ -1,0 +1,54 @@
+"""The training flow on a real Prefect server, on an RGB folder of mixed-size photos."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from components.validate import DataValidationError
+from flows.training import training
+from tests.conftest import tiny_params
+from tests.imagegen import make_image_folder
+
+pytestmark = pytest.mark.slow
+
+
+async def _runs(api: str) -> tuple[list, list]:
+    async with get_client() as client:
+        return await client.read_flow_runs(), await client.read_task_runs()
+
+
+def test_flow_runs_every_stage_on_rgb_photos(tmp_path: Path, prefect_api: str, mlflow_uri: str,
+                                             ray_cluster) -> None:
+    source = make_image_folder(tmp_path / "photos", rgb=True, vary_size=True, size=(24, 32))
+    params = tiny_params(tmp_path, ingest={"source": str(source)})
+    mlflow.set_tracking_uri(mlflow_uri)
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        state = training(params_path=params, root=tmp_path, return_state=True)
+        flow_runs, task_runs = asyncio.run(_runs(prefect_api))
+    mlflow.set_tracking_uri(None)
+    assert state.is_completed(), state
+    metrics = state.result()
+    assert metrics == json.loads((tmp_path / "reports/evaluation/metrics.json").read_text())
+    spec = json.loads((tmp_path / "models/candidate/spec.json").read_text())
+    assert spec["in_channels"] == 3  # the RGB photos were kept in colour
+    run = next(r for r in flow_runs if r.id == state.state_details.flow_run_id)
+    assert run.state.is_completed()
+    names = {t.name.rsplit("-", 1)[0] for t in task_runs if t.flow_run_id == run.id}
+    assert names == {"ingest", "validate", "train", "evaluate"}
+
+
+def test_flow_stops_at_the_validation_gate(tmp_path: Path, prefect_api: str) -> None:
+    source = make_image_folder(tmp_path / "photos")
+    (source / "class_0" / "broken.png").write_bytes(b"\x89PNG not really")
+    params = tiny_params(tmp_path, ingest={"source": str(source)})
+    with temporary_settings({PREFECT_API_URL: prefect_api}), \
+            pytest.raises(DataValidationError, match=r"images/class_0/broken\.png"):
+        training(params_path=params, root=tmp_path)
+    assert not (tmp_path / "models").exists()
