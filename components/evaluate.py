@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from tqdm import tqdm
 from components.config import EvaluateConfig
 from components.data import ImageDataset, read_split
 from components.io import atomic_dir, write_json
-from components.model import ModelSpec, load_model
+from components.model import LINEAGE_FILE, ModelSpec, load_model
+from components.tracking import log_evaluation
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.parquet"
@@ -47,7 +49,15 @@ def evaluate(cfg: EvaluateConfig, *, model_dir: Path, data_dir: Path,
         write_json(staging / "per_class.json", _per_class(labels, predicted, spec))
         _write_predictions(staging, rows, spec, predicted, probabilities)
         _plot_confusion(staging / CONFUSION_PNG, labels, predicted, spec)
+        run_id = _training_run(model_dir)
+        if run_id:
+            log_evaluation(run_id, metrics, staging)
     return EvaluateResult(report_dir=report_dir, metrics=metrics)
+
+
+def _training_run(model_dir: Path) -> str | None:
+    lineage = model_dir / LINEAGE_FILE
+    return json.loads(lineage.read_text()).get("mlflow_run_id") if lineage.is_file() else None
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from components.io import read_json, write_json
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "model.pt"
+LINEAGE_FILE = "lineage.json"  # git commit, dataset hash, params hash, MLflow run id
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,16 @@ def log_training_run(cfg: TrainConfig, spec: ModelSpec, history: list[dict[str, 
         return str(run.info.run_id)
 
 
+def log_evaluation(run_id: str, metrics: dict[str, float], report_dir: Path) -> None:
+    """Attach the evaluation to the training run that produced the model."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    client.log_artifacts(run_id, str(report_dir), artifact_path="evaluation")
+
+
 def _flat(values: dict[str, Any]) -> dict[str, Any]:
     return {key: json.dumps(v) if isinstance(v, list | dict) else v for key, v in values.items()}
 

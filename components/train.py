@@ -12,14 +12,13 @@ from components.config import TrainConfig
 from components.data import input_contract, read_split
 from components.ingest import DATASET_JSON
 from components.io import atomic_dir, read_json, write_json
-from components.model import ModelSpec, build_model, save_model
+from components.model import LINEAGE_FILE, ModelSpec, build_model, save_model
 from components.ray_runtime import discard_local_run, ensure_ray, storage_path_for
 from components.tracking import Lineage, log_training_run
 from components.train_loop import CHECKPOINT_FILE, TARGET_METRIC, train_loop_per_worker
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
-LINEAGE_FILE = "lineage.json"
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,8 @@ def test_evaluate_writes_metrics_per_class_and_confusion(trained, tiny_dataset,
     assert set(per_class) == {"class_0", "class_1", "class_2"}
     assert sum(c["support"] for c in per_class.values()) == metrics["test_images"]
     assert (tmp_path / "evaluation" / "confusion_matrix.png").stat().st_size > 1000
+    run = mlflow.MlflowClient().get_run(trained.run_id)  # evaluation joins the training run
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
 
 
 def test_two_workers_train_with_gloo(tiny_dataset, train_cfg: TrainConfig, ray_cluster,
