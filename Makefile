@@ -19,7 +19,7 @@ $(STAMP): requirements.lock
 pipeline: $(STAMP)
 	$(BIN)/dvc repro
 
-test: $(STAMP)
+test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

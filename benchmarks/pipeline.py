@@ -26,8 +26,13 @@ RESULTS = ROOT / "benchmarks" / "results" / "pipeline.json"
 
 
 def copy_repository(target: Path, epochs: int | None) -> Path:
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in listed:
         if (ROOT / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
@@ -37,22 +42,34 @@ def copy_repository(target: Path, epochs: int | None) -> Path:
         params["train"]["epochs"] = epochs
         (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "bench"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        [*git, "commit", "-qm", "bench"],
+    ):
         subprocess.run(command, cwd=target, check=True, capture_output=True)
     return target
 
 
 def timed(command: list[str], cwd: Path) -> float:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "False"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "GX_ANALYTICS_ENABLED": "False",
+    }
     for name in ("RAY_ADDRESS", "PREFECT_API_URL"):
         env.pop(name, None)
     start = time.perf_counter()
-    completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    completed = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True
+    )
     elapsed = time.perf_counter() - start
     if completed.returncode != 0:
-        sys.exit(f"{command} failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-4000:]}")
+        sys.exit(
+            f"{command} failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-4000:]}"
+        )
     return elapsed
 
 
@@ -67,20 +84,41 @@ def main() -> None:
         fresh = timed(["dvc", "repro"], dvc_copy)
         noop = timed(["dvc", "repro"], dvc_copy)
         flow = timed([sys.executable, "-m", "flows.training"], flow_copy)
-        accuracy = json.loads((dvc_copy / "reports/evaluation/metrics.json").read_text())
-        flow_accuracy = json.loads((flow_copy / "reports/evaluation/metrics.json").read_text())
+        accuracy = json.loads(
+            (dvc_copy / "reports/evaluation/metrics.json").read_text()
+        )
+        flow_accuracy = json.loads(
+            (flow_copy / "reports/evaluation/metrics.json").read_text()
+        )
     result = {
         "benchmark": "pipeline",
         "quick": args.quick,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": None},
-        "fresh_repro_seconds": {"value": round(fresh, 2), "unit": "s", "goal": "<= 300"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "gpu": None,
+        },
+        "fresh_repro_seconds": {
+            "value": round(fresh, 2),
+            "unit": "s",
+            "goal": "<= 300",
+        },
         "noop_repro_seconds": {"value": round(noop, 2), "unit": "s", "goal": "<= 3"},
         "prefect_seconds": {"value": round(flow, 2), "unit": "s"},
-        "prefect_over_dvc": {"value": round(flow / fresh, 3), "unit": "ratio", "goal": "<= 1.10"},
-        "test_accuracy": {"value": round(accuracy["test_accuracy"], 4), "unit": "fraction",
-                          "goal": ">= 0.97" if not args.quick else "reported (3 epochs)"},
-        "flow_test_accuracy": {"value": round(flow_accuracy["test_accuracy"], 4),
-                               "unit": "fraction"},
+        "prefect_over_dvc": {
+            "value": round(flow / fresh, 3),
+            "unit": "ratio",
+            "goal": "<= 1.10",
+        },
+        "test_accuracy": {
+            "value": round(accuracy["test_accuracy"], 4),
+            "unit": "fraction",
+            "goal": ">= 0.97" if not args.quick else "reported (3 epochs)",
+        },
+        "flow_test_accuracy": {
+            "value": round(flow_accuracy["test_accuracy"], 4),
+            "unit": "fraction",
+        },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -17,67 +18,90 @@ from components.config import (
     load_params,
 )
 
-app = typer.Typer(help="Stages of the image MLOps pipeline.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-PARAMS = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read the section from.")
+app = typer.Typer(
+    help="Stages of the image MLOps pipeline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+Params = Annotated[Path, typer.Option("--params", help="params.yaml to read from.")]
+DataDir = Annotated[Path, typer.Option(help="The dataset written by ingest.")]
+ModelDir = Annotated[Path, typer.Option(help="The candidate written by train.")]
+OutDir = Annotated[Path, typer.Option(help="Folder to (re)write atomically.")]
 
 
 @app.callback()
-def _setup(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("great_expectations", "alembic", "urllib3", "botocore", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.command()
-def ingest(out_dir: Path = typer.Option(Path("data/dataset")), params: Path = PARAMS) -> None:
+def ingest(
+    out_dir: OutDir = Path("data/dataset"), params: Params = DEFAULT_PARAMS
+) -> None:
     """Copy ingest.source into OUT_DIR with manifest.parquet and dataset.json."""
     from components.ingest import ingest as run
 
     result = run(load_params("ingest", IngestConfig, params), out_dir=out_dir)
-    typer.echo(f"ingested {result.num_images} images, {len(result.classes)} classes, "
-               f"content_hash {result.content_hash}")
+    typer.echo(
+        f"ingested {result.num_images} images, {len(result.classes)} classes, "
+        f"content_hash {result.content_hash}"
+    )
 
 
 @app.command()
-def validate(data_dir: Path = typer.Option(Path("data/dataset")),
-             report_dir: Path = typer.Option(Path("reports/validation")),
-             params: Path = PARAMS) -> None:
+def validate(
+    data_dir: DataDir = Path("data/dataset"),
+    report_dir: OutDir = Path("reports/validation"),
+    params: Params = DEFAULT_PARAMS,
+) -> None:
     """Run the Great Expectations suites; exit 1 naming every failed expectation."""
     from components.validate import validate as run
 
-    result = run(load_params("validate", ValidateConfig, params), data_dir=data_dir,
-                 report_dir=report_dir)
+    cfg = load_params("validate", ValidateConfig, params)
+    result = run(cfg, data_dir=data_dir, report_dir=report_dir)
+    docs = report_dir / "data_docs" / "index.html"
     if not result.success:
         typer.echo("data validation FAILED:\n  " + "\n  ".join(result.failed), err=True)
-        typer.echo(f"Data Docs: {report_dir / 'data_docs' / 'index.html'}", err=True)
+        typer.echo(f"Data Docs: {docs}", err=True)
         raise typer.Exit(code=1)
-    typer.echo(f"data validation passed; Data Docs: {report_dir / 'data_docs' / 'index.html'}")
+    typer.echo(f"data validation passed; Data Docs: {docs}")
 
 
 @app.command()
-def train(data_dir: Path = typer.Option(Path("data/dataset")),
-          out_dir: Path = typer.Option(Path("models/candidate")), params: Path = PARAMS) -> None:
+def train(
+    data_dir: DataDir = Path("data/dataset"),
+    out_dir: OutDir = Path("models/candidate"),
+    params: Params = DEFAULT_PARAMS,
+) -> None:
     """Train under Ray Train; write the best-by-validation candidate to OUT_DIR."""
     from components.train import train as run
 
-    result = run(load_params("train", TrainConfig, params), data_dir=data_dir, out_dir=out_dir,
-                 params_path=params)
-    typer.echo(f"val_accuracy {result.metrics['val_accuracy']:.4f}; "
-               f"MLflow run {result.run_id}")
+    cfg = load_params("train", TrainConfig, params)
+    result = run(cfg, data_dir=data_dir, out_dir=out_dir, params_path=params)
+    typer.echo(
+        f"val_accuracy {result.metrics['val_accuracy']:.4f}; MLflow run {result.run_id}"
+    )
 
 
 @app.command()
-def evaluate(model_dir: Path = typer.Option(Path("models/candidate")),
-             data_dir: Path = typer.Option(Path("data/dataset")),
-             report_dir: Path = typer.Option(Path("reports/evaluation")),
-             params: Path = PARAMS) -> None:
+def evaluate(
+    model_dir: ModelDir = Path("models/candidate"),
+    data_dir: DataDir = Path("data/dataset"),
+    report_dir: OutDir = Path("reports/evaluation"),
+    params: Params = DEFAULT_PARAMS,
+) -> None:
     """Score the model on the test split; write metrics and a confusion matrix."""
     from components.evaluate import evaluate as run
 
-    result = run(load_params("evaluate", EvaluateConfig, params), model_dir=model_dir,
-                 data_dir=data_dir, report_dir=report_dir)
+    cfg = load_params("evaluate", EvaluateConfig, params)
+    result = run(cfg, model_dir=model_dir, data_dir=data_dir, report_dir=report_dir)
     typer.echo(f"test_accuracy {result.metrics['test_accuracy']:.4f}")
 
 

@@ -20,7 +20,9 @@ _MAX_PIXELS = 64_000_000
 
 def read_split(data_dir: Path, split: str) -> pd.DataFrame:
     manifest = pd.read_parquet(data_dir / MANIFEST)
-    part = manifest[manifest["split"] == split].sort_values("path").reset_index(drop=True)
+    part = (
+        manifest[manifest["split"] == split].sort_values("path").reset_index(drop=True)
+    )
     if part.empty:
         raise ValueError(f"{data_dir / MANIFEST}: split '{split}' has no images")
     return part
@@ -61,10 +63,10 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
 def to_tensor(path: Path, spec: ModelSpec) -> torch.Tensor:
     image = decode(path, channels=spec.in_channels, max_pixels=_MAX_PIXELS)
     if image.size != (spec.image_size, spec.image_size):
-        image = image.resize((spec.image_size, spec.image_size), Image.Resampling.BILINEAR)
+        image = image.resize(
+            (spec.image_size, spec.image_size), Image.Resampling.BILINEAR
+        )
     pixels = np.asarray(image, dtype=np.float32) / 255.0
-    if pixels.ndim == 2:
-        pixels = pixels[None, :, :]
-    else:
-        pixels = pixels.transpose(2, 0, 1)
+    # (H, W) grey or (H, W, C) colour -> (C, H, W)
+    pixels = pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     return (torch.from_numpy(np.ascontiguousarray(pixels)) - spec.mean) / spec.std

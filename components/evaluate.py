@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -31,8 +36,9 @@ class EvaluateResult:
     metrics: dict[str, float]
 
 
-def evaluate(cfg: EvaluateConfig, *, model_dir: Path, data_dir: Path,
-             report_dir: Path) -> EvaluateResult:
+def evaluate(
+    cfg: EvaluateConfig, *, model_dir: Path, data_dir: Path, report_dir: Path
+) -> EvaluateResult:
     """Score the model in `model_dir` on the test split; write reports under `report_dir`."""
     model, spec = load_model(model_dir)
     rows = read_split(data_dir, "test")
@@ -41,7 +47,9 @@ def evaluate(cfg: EvaluateConfig, *, model_dir: Path, data_dir: Path,
     labels = np.array([spec.classes.index(label) for label in rows["label"]])
     metrics = {
         "test_accuracy": float(accuracy_score(labels, predicted)),
-        "test_macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        "test_macro_f1": float(
+            f1_score(labels, predicted, average="macro", zero_division=0)
+        ),
         "test_images": len(rows),
     }
     with atomic_dir(report_dir) as staging:
@@ -57,39 +65,68 @@ def evaluate(cfg: EvaluateConfig, *, model_dir: Path, data_dir: Path,
 
 def _training_run(model_dir: Path) -> str | None:
     lineage = model_dir / LINEAGE_FILE
-    return json.loads(lineage.read_text()).get("mlflow_run_id") if lineage.is_file() else None
+    return (
+        json.loads(lineage.read_text()).get("mlflow_run_id")
+        if lineage.is_file()
+        else None
+    )
 
 
 @torch.no_grad()
-def _predict(model: torch.nn.Module, dataset: ImageDataset, batch_size: int) -> np.ndarray:
-    batches = [torch.softmax(model(images), dim=1).numpy()
-               for images, _ in tqdm(DataLoader(dataset, batch_size=batch_size), desc="evaluate")]
+def _predict(
+    model: torch.nn.Module, dataset: ImageDataset, batch_size: int
+) -> np.ndarray:
+    batches = [
+        torch.softmax(model(images), dim=1).numpy()
+        for images, _ in tqdm(
+            DataLoader(dataset, batch_size=batch_size), desc="evaluate"
+        )
+    ]
     return np.concatenate(batches)
 
 
-def _per_class(labels: np.ndarray, predicted: np.ndarray, spec: ModelSpec) -> dict[str, dict]:
+def _per_class(
+    labels: np.ndarray, predicted: np.ndarray, spec: ModelSpec
+) -> dict[str, dict[str, float | int]]:
     indices = list(range(spec.num_classes))
     precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=indices, zero_division=0)
-    return {name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                   "f1": float(f1[i]), "support": int(support[i])}
-            for i, name in enumerate(spec.classes)}
+        labels, predicted, labels=indices, zero_division=0
+    )
+    return {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(spec.classes)
+    }
 
 
-def _write_predictions(folder: Path, rows: pd.DataFrame, spec: ModelSpec,
-                       predicted: np.ndarray, probabilities: np.ndarray) -> None:
+def _write_predictions(
+    folder: Path,
+    rows: pd.DataFrame,
+    spec: ModelSpec,
+    predicted: np.ndarray,
+    probabilities: np.ndarray,
+) -> None:
     """Per-item predictions (later gates compare models on the same items)."""
-    frame = pd.DataFrame({
-        "path": rows["path"], "sha256": rows["sha256"], "actual": rows["label"],
-        "predicted": [spec.classes[i] for i in predicted],
-        "confidence": probabilities.max(axis=1),
-    })
+    frame = pd.DataFrame(
+        {
+            "path": rows["path"],
+            "sha256": rows["sha256"],
+            "actual": rows["label"],
+            "predicted": [spec.classes[i] for i in predicted],
+            "confidence": probabilities.max(axis=1),
+        }
+    )
     frame.to_parquet(folder / PREDICTIONS_FILE, index=False)
     frame[["actual", "predicted"]].to_csv(folder / CONFUSION_CSV, index=False)
 
 
-def _plot_confusion(path: Path, labels: np.ndarray, predicted: np.ndarray,
-                    spec: ModelSpec) -> None:
+def _plot_confusion(
+    path: Path, labels: np.ndarray, predicted: np.ndarray, spec: ModelSpec
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -100,7 +137,8 @@ def _plot_confusion(path: Path, labels: np.ndarray, predicted: np.ndarray,
     size = max(4.0, 0.5 * spec.num_classes + 2)
     figure, axes = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay(matrix, display_labels=spec.classes).plot(
-        ax=axes, colorbar=False, cmap="Blues")
+        ax=axes, colorbar=False, cmap="Blues"
+    )
     axes.set_title("Confusion matrix (test split)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -27,7 +27,9 @@ class SuiteOutcome:
 def manifest_expectations(cfg: ValidateConfig) -> list[Any]:
     import great_expectations.expectations as gxe
 
-    def one(column: str, check: str) -> Any:  # nulls (a check that did not apply) are skipped
+    def one(
+        column: str, check: str
+    ) -> Any:  # nulls (a check that did not apply) are skipped
         return gxe.ExpectColumnValuesToBeBetween(
             column=column, min_value=1, max_value=1, meta={"check": check}
         )
@@ -37,21 +39,42 @@ def manifest_expectations(cfg: ValidateConfig) -> list[Any]:
             column=column, value_set=[True], meta={"check": check}
         )
 
-    columns = ["path", "sha256", "label", "split", "height", "width", "channels",
-               "pixel_mean", "pixel_std"]
+    columns = [
+        "path",
+        "sha256",
+        "label",
+        "split",
+        "height",
+        "width",
+        "channels",
+        "pixel_mean",
+        "pixel_std",
+    ]
     return [
-        gxe.ExpectTableRowCountToBeBetween(min_value=1, meta={"check": "dataset not empty"}),
-        *[gxe.ExpectColumnToExist(column=c, meta={"check": f"manifest has {c}"}) for c in columns],
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=1, meta={"check": "dataset not empty"}
+        ),
+        *[
+            gxe.ExpectColumnToExist(column=c, meta={"check": f"manifest has {c}"})
+            for c in columns
+        ],
         gxe.ExpectColumnValuesToBeUnique(column="path", meta={"check": "paths unique"}),
-        gxe.ExpectColumnValuesToNotBeNull(column="label", meta={"check": "label present"}),
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "val", "test"],
-                                        meta={"check": "split is train/val/test"}),
+        gxe.ExpectColumnValuesToNotBeNull(
+            column="label", meta={"check": "label present"}
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="split",
+            value_set=["train", "val", "test"],
+            meta={"check": "split is train/val/test"},
+        ),
         true("inside_root", "file resolves inside the dataset root"),
         true("exists", "file exists"),
         true("checksum_ok", "file matches its manifest sha256"),
-        true("within_bounds",
-             f"pixel dimensions within [{cfg.min_side}, {cfg.max_side}] per side and "
-             f"{cfg.max_pixels} pixels (header only)"),
+        true(
+            "within_bounds",
+            f"pixel dimensions within [{cfg.min_side}, {cfg.max_side}] per side and "
+            f"{cfg.max_pixels} pixels (header only)",
+        ),
         true("decodes", "file decodes as an image"),
         one("labels_with_same_content", "no identical image under two labels"),
         one("splits_with_same_content", "no identical image in two splits (leakage)"),
@@ -63,21 +86,30 @@ def class_expectations(cfg: ValidateConfig) -> list[Any]:
 
     return [
         gxe.ExpectTableRowCountToBeBetween(
-            min_value=cfg.min_classes, meta={"check": f"at least {cfg.min_classes} classes"}
+            min_value=cfg.min_classes,
+            meta={"check": f"at least {cfg.min_classes} classes"},
         ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="images", min_value=cfg.min_images_per_class,
-            meta={"check": f"every class has at least {cfg.min_images_per_class} images"},
+            column="images",
+            min_value=cfg.min_images_per_class,
+            meta={
+                "check": f"every class has at least {cfg.min_images_per_class} images"
+            },
         ),
         *[
             gxe.ExpectColumnValuesToBeBetween(
-                column=split, min_value=1, meta={"check": f"every class has {split} images"}
+                column=split,
+                min_value=1,
+                meta={"check": f"every class has {split} images"},
             )
             for split in ("train", "val", "test")
         ],
         gxe.ExpectColumnValuesToBeBetween(
-            column="imbalance", max_value=cfg.max_class_imbalance,
-            meta={"check": f"largest class at most {cfg.max_class_imbalance}x this class"},
+            column="imbalance",
+            max_value=cfg.max_class_imbalance,
+            meta={
+                "check": f"largest class at most {cfg.max_class_imbalance}x this class"
+            },
         ),
     ]
 
@@ -92,47 +124,75 @@ def run_suites(
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no network calls from GX
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    context.add_data_docs_site(site_name="validation", site_config=_site_config(docs_dir))
+    context.add_data_docs_site(
+        site_name="validation", site_config=_site_config(docs_dir)
+    )
     source = context.data_sources.add_pandas("dataset")
     failed: list[str] = []
     results: dict[str, Any] = {}
     for name, (frame, expectations, id_column) in suites.items():
-        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
-        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(
+            "all"
+        )
+        suite = context.suites.add(
+            gx.ExpectationSuite(name=name, expectations=expectations)
+        )
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=name, data=batch, suite=suite)
         )
-        checkpoint = context.checkpoints.add(gx.Checkpoint(
-            name=name, validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["validation"])],
-            result_format={"result_format": "COMPLETE",
-                           "unexpected_index_column_names": [id_column]},
-        ))
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=name,
+                validation_definitions=[definition],
+                actions=[
+                    gx.checkpoint.UpdateDataDocsAction(
+                        name="docs", site_names=["validation"]
+                    )
+                ],
+                result_format={
+                    "result_format": "COMPLETE",
+                    "unexpected_index_column_names": [id_column],
+                },
+            )
+        )
         run = checkpoint.run(batch_parameters={"dataframe": frame})
         results[name] = run.describe_dict()
-        failed += [_describe_failure(name, result, id_column)
-                   for validation in run.run_results.values()
-                   for result in validation.results if not result.success]
+        failed += [
+            _describe_failure(name, result, id_column)
+            for validation in run.run_results.values()
+            for result in validation.results
+            if not result.success
+        ]
     return SuiteOutcome(success=not failed, failed=failed, results=results)
 
 
 def _describe_failure(suite: str, result: Any, id_column: str) -> str:
     check = result.expectation_config.meta.get("check", result.expectation_config.type)
     if result.exception_info and result.exception_info.get("raised_exception"):
-        return f"{suite}: {check}: could not be evaluated " \
-               f"({result.exception_info.get('exception_message')})"
-    offending = [str(row[id_column]) for row in result.result.get("unexpected_index_list") or []]
+        return (
+            f"{suite}: {check}: could not be evaluated "
+            f"({result.exception_info.get('exception_message')})"
+        )
+    offending = [
+        str(row[id_column]) for row in result.result.get("unexpected_index_list") or []
+    ]
     if not offending:
         return f"{suite}: {check} (observed {result.result.get('observed_value')})"
     named = ", ".join(offending[:_MAX_NAMED])
-    more = f" and {len(offending) - _MAX_NAMED} more" if len(offending) > _MAX_NAMED else ""
+    more = (
+        f" and {len(offending) - _MAX_NAMED} more"
+        if len(offending) > _MAX_NAMED
+        else ""
+    )
     return f"{suite}: {check}: {len(offending)} offending: {named}{more}"
 
 
-def _site_config(docs_dir: Path) -> dict[str, Any]:
+def _site_config(docs_dir: Path) -> Any:  # GX's TypedDict; plain dict at runtime
     return {
         "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                          "base_directory": str(docs_dir.resolve())},
+        "store_backend": {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": str(docs_dir.resolve()),
+        },
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     }

@@ -13,8 +13,21 @@ from PIL import Image, UnidentifiedImageError
 # ignored as the litter of file managers and editors.
 IGNORED_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
-_CHANNELS = {"1": 1, "L": 1, "LA": 1, "I": 1, "I;16": 1, "F": 1, "P": 3, "RGB": 3,
-             "RGBA": 3, "CMYK": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+_CHANNELS = {
+    "1": 1,
+    "L": 1,
+    "LA": 1,
+    "I": 1,
+    "I;16": 1,
+    "F": 1,
+    "P": 3,
+    "RGB": 3,
+    "RGBA": 3,
+    "CMYK": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+}
 
 
 class ImageReadError(ValueError):
@@ -48,7 +61,9 @@ def read_header(path: Path) -> ImageHeader:
                 width, height = image.size
                 mode = image.mode
     except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"{path}: {error} (refused without decoding)") from error
+        raise ImageTooLargeError(
+            f"{path}: {error} (refused without decoding)"
+        ) from error
     except (UnidentifiedImageError, OSError) as error:
         raise ImageReadError(f"{path}: not a readable image ({error})") from error
     return ImageHeader(width=width, height=height, channels=_CHANNELS.get(mode, 3))

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,7 +55,9 @@ def ingest(cfg: IngestConfig, *, out_dir: Path) -> IngestResult:
     return _result(out_dir, summary)
 
 
-def _unchanged_since_last_ingest(out_dir: Path, marker: Path, fingerprint: dict) -> dict | None:
+def _unchanged_since_last_ingest(
+    out_dir: Path, marker: Path, fingerprint: dict[str, Any]
+) -> dict[str, Any] | None:
     """dataset.json if `out_dir` still holds what the last ingest of this same source wrote
     (a `dvc checkout` of another version changes the content hash and forces a new ingest)."""
     if not (marker.is_file() and (out_dir / DATASET_JSON).is_file()):
@@ -62,22 +65,39 @@ def _unchanged_since_last_ingest(out_dir: Path, marker: Path, fingerprint: dict)
     recorded = json.loads(marker.read_text())
     summary = json.loads((out_dir / DATASET_JSON).read_text())
     same_source = {k: recorded.get(k) for k in fingerprint} == fingerprint
-    return summary if same_source and recorded.get("content_hash") == summary["content_hash"] \
+    return (
+        summary
+        if same_source and recorded.get("content_hash") == summary["content_hash"]
         else None
+    )
 
 
-def _result(out_dir: Path, summary: dict) -> IngestResult:
-    return IngestResult(out_dir=out_dir, content_hash=summary["content_hash"],
-                        num_images=summary["num_images"], classes=summary["classes"])
+def _result(out_dir: Path, summary: dict[str, Any]) -> IngestResult:
+    return IngestResult(
+        out_dir=out_dir,
+        content_hash=summary["content_hash"],
+        num_images=summary["num_images"],
+        classes=summary["classes"],
+    )
 
 
 def _describe_files(root: Path, max_pixels: int) -> pd.DataFrame:
-    paths = sorted(p for p in (root / IMAGES).rglob("*") if p.is_file() or p.is_symlink())
+    paths = sorted(
+        p for p in (root / IMAGES).rglob("*") if p.is_file() or p.is_symlink()
+    )
     rows = [_describe(root, path, max_pixels) for path in tqdm(paths, desc="describe")]
     frame = pd.DataFrame(
         rows,
-        columns=["path", "sha256", "label", "height", "width", "channels",
-                 "pixel_mean", "pixel_std"],
+        columns=[
+            "path",
+            "sha256",
+            "label",
+            "height",
+            "width",
+            "channels",
+            "pixel_mean",
+            "pixel_std",
+        ],
     )
     for column in ("height", "width", "channels"):
         frame[column] = frame[column].astype("Int64")  # nullable: unreadable files stay
@@ -86,7 +106,11 @@ def _describe_files(root: Path, max_pixels: int) -> pd.DataFrame:
 
 def _describe(root: Path, path: Path, max_pixels: int) -> dict[str, object]:
     relative = path.relative_to(root).as_posix()
-    row: dict[str, object] = {"path": relative, "label": path.parent.name, "sha256": None}
+    row: dict[str, object] = {
+        "path": relative,
+        "label": path.parent.name,
+        "sha256": None,
+    }
     if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
         return row  # never read through a link that leaves the dataset
     row["sha256"] = sha256_file(path)
@@ -117,7 +141,11 @@ def _assign_splits(manifest: pd.DataFrame, cfg: IngestConfig) -> pd.Series:
         n_test, n_val = _split_sizes(len(order), cfg)
         for position, group in enumerate(order):
             split_of_group[group] = (
-                "test" if position < n_test else "val" if position < n_test + n_val else "train"
+                "test"
+                if position < n_test
+                else "val"
+                if position < n_test + n_val
+                else "train"
             )
     return group_key.map(split_of_group)
 
@@ -134,9 +162,16 @@ def _split_sizes(count: int, cfg: IngestConfig) -> tuple[int, int]:
 
 def _summarise(manifest: pd.DataFrame, source: str) -> dict[str, object]:
     rows = sorted(
-        zip(manifest["path"], manifest["sha256"].fillna(""), manifest["label"], strict=True)
+        zip(
+            manifest["path"],
+            manifest["sha256"].fillna(""),
+            manifest["label"],
+            strict=True,
+        )
     )
-    content = hashlib.sha256("".join(f"{p}\t{s}\t{lbl}\n" for p, s, lbl in rows).encode())
+    content = hashlib.sha256(
+        "".join(f"{p}\t{s}\t{lbl}\n" for p, s, lbl in rows).encode()
+    )
     counts = {
         split: {str(k): int(v) for k, v in part.groupby("label").size().items()}
         for split, part in manifest.groupby("split")

@@ -56,7 +56,9 @@ def write_json(path: Path, payload: Any) -> None:
 
 def read_json(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: expected file is missing (run the earlier stage)")
+        raise FileNotFoundError(
+            f"{path}: expected file is missing (run the earlier stage)"
+        )
     return json.loads(path.read_text())
 
 

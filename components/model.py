@@ -69,7 +69,8 @@ class SmallCNN(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(images)))
+        logits: torch.Tensor = self.head(self.pool(self.features(images)))
+        return logits
 
 
 def save_model(model: nn.Module, spec: ModelSpec, out_dir: Path) -> None:
@@ -84,6 +85,10 @@ def load_model(model_dir: Path) -> tuple[nn.Module, ModelSpec]:
     model = build_model(spec)
     weights_path = model_dir / WEIGHTS_FILE
     if not weights_path.is_file():
-        raise FileNotFoundError(f"{weights_path}: model weights are missing (run train first)")
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        raise FileNotFoundError(
+            f"{weights_path}: model weights are missing (run train first)"
+        )
+    model.load_state_dict(
+        torch.load(weights_path, map_location="cpu", weights_only=True)
+    )
     return model.eval(), spec

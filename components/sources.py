@@ -45,11 +45,20 @@ def source_fingerprint(source: str) -> str:
 
         return f"{source} scikit-learn=={version('scikit-learn')}"
     if source.startswith("s3://"):
-        entries = [f"{item['Key']}\t{item['ETag']}\t{item['Size']}" for item in _list_s3(source)[2]]
+        entries = [
+            f"{item['Key']}\t{item['ETag']}\t{item['Size']}"
+            for item in _list_s3(source)[2]
+        ]
     else:
         root = Path(source)
-        entries = [f"{p.relative_to(root)}\t{p.lstat().st_size}\t{p.lstat().st_mtime_ns}"
-                   for p in _walk_files(root)] if root.is_dir() else []
+        entries = (
+            [
+                f"{p.relative_to(root)}\t{p.lstat().st_size}\t{p.lstat().st_mtime_ns}"
+                for p in _walk_files(root)
+            ]
+            if root.is_dir()
+            else []
+        )
     return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
 
 
@@ -85,7 +94,7 @@ def _copy_folder(root: Path, images_dir: Path) -> None:
 
 
 def _walk_files(root: Path) -> list[Path]:
-    found = []
+    found: list[Path] = []
     for folder, _dirs, names in os.walk(root):  # does not descend into linked folders
         found.extend(Path(folder) / name for name in names if not _ignored(name))
     return found
@@ -113,9 +122,12 @@ def _list_s3(uri: str) -> tuple[Any, str, list[dict[str, Any]]]:
     client = boto3.client("s3")
     items = [
         item
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix
+        )
         for item in page.get("Contents", [])
-        if not item["Key"].endswith("/") and not _ignored(PurePosixPath(item["Key"]).name)
+        if not item["Key"].endswith("/")
+        and not _ignored(PurePosixPath(item["Key"]).name)
     ]
     return client, prefix, items
 
@@ -123,7 +135,9 @@ def _list_s3(uri: str) -> tuple[Any, str, list[dict[str, Any]]]:
 def _class_relative(relative: PurePosixPath | Path, item: str) -> Path:
     parts = relative.parts
     if len(parts) < 2:
-        raise SourceError(f"{item}: not inside a class folder (expected <class>/<file>)")
+        raise SourceError(
+            f"{item}: not inside a class folder (expected <class>/<file>)"
+        )
     if any(part in ("", ".", "..") for part in parts):
         raise SourceError(f"{item}: path leaves the dataset root")
     return Path(*parts)

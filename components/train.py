@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
+from ray.train.torch import TorchTrainer
 
 from components.config import TrainConfig
 from components.data import input_contract, read_split
@@ -29,33 +31,51 @@ class TrainResult:
 
 
 def train(
-    cfg: TrainConfig, *, data_dir: Path, out_dir: Path, params_path: Path = Path("params.yaml")
+    cfg: TrainConfig,
+    *,
+    data_dir: Path,
+    out_dir: Path,
+    params_path: Path = Path("params.yaml"),
 ) -> TrainResult:
     """Train on `data_dir` with Ray Train; write weights, spec, metrics and history to `out_dir`
     and record the run in MLflow (tracking URI from MLFLOW_TRACKING_URI, else local SQLite)."""
-    data_dir = data_dir.resolve()  # Ray workers do not share the driver's working directory
+    data_dir = (
+        data_dir.resolve()
+    )  # Ray workers do not share the driver's working directory
     spec = model_spec(cfg, data_dir)
     ensure_ray(cfg.num_workers)
-    result = build_trainer(cfg, spec, data_dir=data_dir, run_name=f"train-{uuid.uuid4().hex[:8]}").fit()
+    result = build_trainer(
+        cfg, spec, data_dir=data_dir, run_name=f"train-{uuid.uuid4().hex[:8]}"
+    ).fit()
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}") from result.error
     best = result.get_best_checkpoint(metric=TARGET_METRIC, mode="max")
     if best is None:
         raise RuntimeError("training reported no checkpoint")
     with best.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    history = result.return_value or state["history"]  # rank 0 returns every epoch
+        state = torch.load(
+            Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
+        )
+    # rank 0 returns every epoch (Train V2; the static type is still V1's Result)
+    history = getattr(result, "return_value", None) or state["history"]
     best_row = state["history"][-1]  # the checkpoint's own epoch
-    metrics = {"epochs_trained": float(len(history)), "best_epoch": best_row["epoch"],
-               **{key: float(value) for key, value in best_row.items() if key != "epoch"}}
+    metrics = {
+        "epochs_trained": float(len(history)),
+        "best_epoch": best_row["epoch"],
+        **{key: float(value) for key, value in best_row.items() if key != "epoch"},
+    }
     with atomic_dir(out_dir) as staging:
         model = build_model(spec)
         model.load_state_dict(state["model"])
         save_model(model, spec, staging)
         write_json(staging / METRICS_FILE, metrics)
         write_json(staging / HISTORY_FILE, history)
-        lineage = Lineage.collect(params_path, read_json(data_dir / DATASET_JSON)["content_hash"])
-        run_id = log_training_run(cfg, spec, history, metrics, lineage, artifacts_dir=staging)
+        lineage = Lineage.collect(
+            params_path, read_json(data_dir / DATASET_JSON)["content_hash"]
+        )
+        run_id = log_training_run(
+            cfg, spec, history, metrics, lineage, artifacts_dir=staging
+        )
         write_json(staging / LINEAGE_FILE, {**asdict(lineage), "mlflow_run_id": run_id})
     discard_local_run(result.path)
     return TrainResult(model_dir=out_dir, metrics=metrics, run_id=run_id)
@@ -66,26 +86,48 @@ def model_spec(cfg: TrainConfig, data_dir: Path) -> ModelSpec:
     train_rows = read_split(data_dir, "train")
     in_channels, mean, std = input_contract(train_rows)
     classes = sorted(read_json(data_dir / DATASET_JSON)["classes"])
-    return ModelSpec(arch="cnn", classes=classes, in_channels=in_channels,
-                     image_size=cfg.image_size, channels=list(cfg.channels), hidden=cfg.hidden,
-                     dropout=cfg.dropout, mean=mean, std=std)
+    return ModelSpec(
+        arch="cnn",
+        classes=classes,
+        in_channels=in_channels,
+        image_size=cfg.image_size,
+        channels=list(cfg.channels),
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+        mean=mean,
+        std=std,
+    )
 
 
-def build_trainer(cfg: TrainConfig, spec: ModelSpec, *, data_dir: Path, run_name: str,
-                  callbacks: list | None = None):  # -> ray.train.torch.TorchTrainer
+def build_trainer(
+    cfg: TrainConfig,
+    spec: ModelSpec,
+    *,
+    data_dir: Path,
+    run_name: str,
+    callbacks: list[Any] | None = None,
+) -> TorchTrainer:
     """The one TorchTrainer set-up, shared by a plain run and every search trial."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"train": cfg.model_dump(), "spec": asdict(spec),
-                           "data_dir": str(data_dir)},
+        # Ray's stub types the loop as returning None; V2 hands rank 0's return value back
+        # as Result.return_value, which carries the per-epoch history.
+        cast(Any, train_loop_per_worker),
+        train_loop_config={
+            "train": cfg.model_dump(),
+            "spec": asdict(spec),
+            "data_dir": str(data_dir),
+        },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
-            name=run_name, storage_path=storage_path_for(cfg.storage_path),
+            name=run_name,
+            storage_path=storage_path_for(cfg.storage_path),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=TARGET_METRIC,
-                checkpoint_score_order="max"),
-            callbacks=callbacks or []),
+                num_to_keep=2,
+                checkpoint_score_attribute=TARGET_METRIC,
+                checkpoint_score_order="max",
+            ),
+            callbacks=callbacks or [],
+        ),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import ray.train
@@ -41,13 +41,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, float]]:
 
     train_set = ImageDataset(data_dir, read_split(data_dir, "train"), spec)
     val_set = ImageDataset(data_dir, read_split(data_dir, "val"), spec)
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=cfg.seed)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        train_set, num_replicas=world, rank=rank, seed=cfg.seed
+    )
     train_loader = _loader(train_set, cfg, sampler=sampler)
     # Validation shards without padding, so the reduced metrics count each image once.
     val_loader = _loader(Subset(val_set, range(rank, len(val_set), world)), cfg)
 
     model = ray.train.torch.prepare_model(build_model(spec))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     start_epoch, history = _restore(model, optimizer, scheduler)
 
@@ -56,40 +60,58 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, float]]:
         train_loss, train_accuracy = run_epoch(model, train_loader, device, optimizer)
         scheduler.step()
         val_loss, val_accuracy = run_epoch(model, val_loader, device)
-        metrics = {"epoch": float(epoch), "lr": scheduler.get_last_lr()[0],
-                   "train_loss": train_loss, "train_accuracy": train_accuracy,
-                   "val_loss": val_loss, TARGET_METRIC: val_accuracy}
+        metrics = {
+            "epoch": float(epoch),
+            "lr": float(scheduler.get_last_lr()[0]),
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "val_loss": val_loss,
+            TARGET_METRIC: val_accuracy,
+        }
         history.append(metrics)
         _report(metrics, model, optimizer, scheduler, history, rank)
     return history
 
 
-def train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-               optimizer: torch.optim.Optimizer) -> tuple[float, int]:
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[float, int]:
     """One optimiser step; returns (summed loss, correct predictions) over the batch."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     logits = model(images)
     loss = nn.functional.cross_entropy(logits, targets)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     return loss.item() * len(targets), int((logits.argmax(1) == targets).sum())
 
 
 @torch.no_grad()
-def eval_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+def eval_step(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+) -> tuple[float, int]:
     model.eval()
     logits = model(images)
     loss = nn.functional.cross_entropy(logits, targets, reduction="sum")
     return loss.item(), int((logits.argmax(1) == targets).sum())
 
 
-def run_epoch(model: nn.Module, loader: DataLoader, device: torch.device,
-              optimizer: torch.optim.Optimizer | None = None) -> tuple[float, float]:
+def run_epoch(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[float, float]:
     """Mean loss and accuracy over the loader, summed across all workers."""
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
     for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        images, targets = (
+            images.to(device, non_blocking=True),
+            targets.to(device, non_blocking=True),
+        )
         if optimizer is None:
             loss_sum, correct = eval_step(model, images, targets)
         else:
@@ -106,10 +128,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loader(dataset: Any, cfg: TrainConfig, sampler: Any = None) -> DataLoader:
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                      num_workers=cfg.loader_workers, pin_memory=cfg.use_gpu,
-                      persistent_workers=cfg.loader_workers > 0)
+def _loader(dataset: Any, cfg: TrainConfig, sampler: Any = None) -> DataLoader[Any]:
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.loader_workers,
+        pin_memory=cfg.use_gpu,
+        persistent_workers=cfg.loader_workers > 0,
+    )
 
 
 def _sum_across_workers(values: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -121,32 +148,51 @@ def _sum_across_workers(values: torch.Tensor, device: torch.device) -> torch.Ten
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return (
+        model.module
+        if isinstance(model, nn.parallel.DistributedDataParallel)
+        else model
+    )
 
 
-def _report(metrics: dict[str, float], model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, history: list[dict[str, float]], rank: int) -> None:
+def _report(
+    metrics: dict[str, float],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    history: list[dict[str, float]],
+    rank: int,
+) -> None:
     """Every rank reports; rank 0 attaches the checkpoint (all state needed to resume)."""
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            torch.save({
-                "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": int(metrics["epoch"]),
-                "history": history, "rng": _rng_state(),
-            }, Path(tmp) / CHECKPOINT_FILE)
+            torch.save(
+                {
+                    "model": _unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": int(metrics["epoch"]),
+                    "history": history,
+                    "rng": _rng_state(),
+                },
+                Path(tmp) / CHECKPOINT_FILE,
+            )
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _restore(model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: Any) -> tuple[int, list[dict[str, float]]]:
+def _restore(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> tuple[int, list[dict[str, float]]]:
     """Resume from Ray's latest checkpoint after a worker failure; epoch 0 otherwise."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return 0, []
     with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(
+            Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
+        )
     _unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -156,13 +202,26 @@ def _restore(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def _rng_state() -> dict[str, Any]:
     """RNG states as plain tuples and tensors, so the checkpoint loads with weights_only."""
-    name, keys, position, has_gauss, gauss = np.random.get_state(legacy=True)
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)}
+    name, keys, position, has_gauss, gauss = cast(
+        tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True)
+    )
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": (
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            position,
+            has_gauss,
+            gauss,
+        ),
+    }
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     name, keys, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    np.random.set_state(
+        (name, keys.numpy().astype(np.uint32), position, has_gauss, gauss)
+    )

@@ -34,7 +34,9 @@ class ValidateResult:
     failed: list[str] = field(default_factory=list)
 
 
-def validate(cfg: ValidateConfig, *, data_dir: Path, report_dir: Path) -> ValidateResult:
+def validate(
+    cfg: ValidateConfig, *, data_dir: Path, report_dir: Path
+) -> ValidateResult:
     """Validate the dataset in `data_dir`; write results and Data Docs under `report_dir`.
 
     Returns success=False with every failure named; the caller decides to stop.
@@ -53,9 +55,15 @@ def validate(cfg: ValidateConfig, *, data_dir: Path, report_dir: Path) -> Valida
         write_json(staging / "results.json", outcome.results)
         write_json(
             staging / "summary.json",
-            {"success": outcome.success, "failed": outcome.failed, "images": len(manifest)},
+            {
+                "success": outcome.success,
+                "failed": outcome.failed,
+                "images": len(manifest),
+            },
         )
-    return ValidateResult(success=outcome.success, report_dir=report_dir, failed=outcome.failed)
+    return ValidateResult(
+        success=outcome.success, report_dir=report_dir, failed=outcome.failed
+    )
 
 
 def _read_manifest(data_dir: Path) -> pd.DataFrame:
@@ -68,28 +76,41 @@ def _read_manifest(data_dir: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: manifest cannot be read ({error})") from error
 
 
-def _check_files(manifest: pd.DataFrame, data_dir: Path, cfg: ValidateConfig) -> pd.DataFrame:
+def _check_files(
+    manifest: pd.DataFrame, data_dir: Path, cfg: ValidateConfig
+) -> pd.DataFrame:
     """One row per image with the file-level facts GX judges."""
     root = data_dir.resolve()
     checks = [
         _check_file(data_dir / str(path), root, cfg, sha)
         for path, sha in tqdm(
             zip(manifest["path"], manifest["sha256"], strict=True),
-            total=len(manifest), desc="validate files",
+            total=len(manifest),
+            desc="validate files",
         )
     ]
     frame = pd.concat([manifest.reset_index(drop=True), pd.DataFrame(checks)], axis=1)
     content = frame["sha256"]
-    frame["labels_with_same_content"] = frame.groupby(content)["label"].transform("nunique")
-    frame["splits_with_same_content"] = frame.groupby(content)["split"].transform("nunique")
+    frame["labels_with_same_content"] = frame.groupby(content)["label"].transform(
+        "nunique"
+    )
+    frame["splits_with_same_content"] = frame.groupby(content)["split"].transform(
+        "nunique"
+    )
     return frame
 
 
-def _check_file(path: Path, root: Path, cfg: ValidateConfig, sha256: str | None) -> dict:
+def _check_file(
+    path: Path, root: Path, cfg: ValidateConfig, sha256: str | None
+) -> dict[str, object]:
     """Never read through a link that leaves the root; never decode past the header bounds."""
-    facts: dict[str, object] = {"inside_root": path.resolve().is_relative_to(root),
-                                "exists": None, "checksum_ok": None,
-                                "within_bounds": None, "decodes": None}
+    facts: dict[str, object] = {
+        "inside_root": path.resolve().is_relative_to(root),
+        "exists": None,
+        "checksum_ok": None,
+        "within_bounds": None,
+        "decodes": None,
+    }
     if not facts["inside_root"]:
         return facts
     facts["exists"] = path.is_file()

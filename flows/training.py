@@ -10,7 +10,13 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from components.config import EvaluateConfig, IngestConfig, TrainConfig, ValidateConfig, load_params
+from components.config import (
+    EvaluateConfig,
+    IngestConfig,
+    TrainConfig,
+    ValidateConfig,
+    load_params,
+)
 from components.evaluate import evaluate
 from components.ingest import ingest
 from components.train import train
@@ -23,20 +29,33 @@ evaluate_task = task(name="evaluate")(evaluate)
 
 
 @flow(name="training")
-def training(params_path: Path = Path("params.yaml"), root: Path = Path(".")) -> dict[str, float]:
+def training(
+    params_path: Path = Path("params.yaml"), root: Path = Path(".")
+) -> dict[str, float]:
     """ingest -> validate (gate) -> train -> evaluate; returns the test metrics."""
     data_dir = root / "data/dataset"
-    dataset = ingest_task(load_params("ingest", IngestConfig, params_path), out_dir=data_dir)
-    report = validate_task(load_params("validate", ValidateConfig, params_path),
-                           data_dir=dataset.out_dir, report_dir=root / "reports/validation")
+    dataset = ingest_task(
+        load_params("ingest", IngestConfig, params_path), out_dir=data_dir
+    )
+    report = validate_task(
+        load_params("validate", ValidateConfig, params_path),
+        data_dir=dataset.out_dir,
+        report_dir=root / "reports/validation",
+    )
     if not report.success:
         raise DataValidationError(report.failed)
-    candidate = train_task(load_params("train", TrainConfig, params_path),
-                           data_dir=dataset.out_dir, out_dir=root / "models/candidate",
-                           params_path=params_path)
-    evaluation = evaluate_task(load_params("evaluate", EvaluateConfig, params_path),
-                               model_dir=candidate.model_dir, data_dir=dataset.out_dir,
-                               report_dir=root / "reports/evaluation")
+    candidate = train_task(
+        load_params("train", TrainConfig, params_path),
+        data_dir=dataset.out_dir,
+        out_dir=root / "models/candidate",
+        params_path=params_path,
+    )
+    evaluation = evaluate_task(
+        load_params("evaluate", EvaluateConfig, params_path),
+        model_dir=candidate.model_dir,
+        data_dir=dataset.out_dir,
+        report_dir=root / "reports/evaluation",
+    )
     return evaluation.metrics
 
 

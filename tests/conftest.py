@@ -42,7 +42,9 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> IngestResult:
     """An ingested, valid 3-class grey dataset shared by the read-only tests."""
     root = tmp_path_factory.mktemp("tiny")
     source = make_image_folder(root / "source", per_class=14)
-    cfg = load_params("ingest", IngestConfig, TINY_PARAMS).model_copy(update={"source": str(source)})
+    cfg = load_params("ingest", IngestConfig, TINY_PARAMS).model_copy(
+        update={"source": str(source)}
+    )
     return ingest(cfg, out_dir=root / "dataset")
 
 
@@ -77,8 +79,12 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def aws_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The standard AWS variables pointing boto3 at the moto server."""
-    values = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test-access-key",
-              "AWS_SECRET_ACCESS_KEY": "test-secret-do-not-leak", "AWS_DEFAULT_REGION": "us-east-1"}
+    values = {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "test-access-key",
+        "AWS_SECRET_ACCESS_KEY": "test-secret-do-not-leak",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     return values

@@ -21,11 +21,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+def wait_http(
+    url: str, process: subprocess.Popen, log: Path, timeout: float = 120
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited ({process.returncode}): {log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"server exited ({process.returncode}): {log.read_text()[-3000:]}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status < 500:
@@ -36,14 +40,24 @@ def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 1
 
 
 @contextmanager
-def serve(command: list[str], health_url: str, workdir: Path,
-          env: dict[str, str] | None = None) -> Iterator[None]:
+def serve(
+    command: list[str],
+    health_url: str,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+) -> Iterator[None]:
     """Run a server process until the block ends; its output goes to workdir/server.log."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "server.log"
     with log.open("w") as stream:
-        process = subprocess.Popen(command, cwd=workdir, stdout=stream, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})}, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     try:
         wait_http(health_url, process, log)
         yield
@@ -59,9 +73,20 @@ def serve(command: list[str], health_url: str, workdir: Path,
 @contextmanager
 def mlflow_server(workdir: Path) -> Iterator[str]:
     port = free_port()
-    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-               "--artifacts-destination", str(workdir / "artifacts"), "--workers", "1"]
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
+        "--workers",
+        "1",
+    ]
     with serve(command, f"http://127.0.0.1:{port}/health", workdir):
         yield f"http://127.0.0.1:{port}"
 
@@ -69,9 +94,20 @@ def mlflow_server(workdir: Path) -> Iterator[str]:
 @contextmanager
 def prefect_server(workdir: Path) -> Iterator[str]:
     port = free_port()
-    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    env = {"PREFECT_HOME": str(workdir), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": ""}
+    command = [
+        str(BIN / "prefect"),
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    env = {
+        "PREFECT_HOME": str(workdir),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": "",
+    }
     api = f"http://127.0.0.1:{port}/api"
     with serve(command, f"{api}/health", workdir, env):
         yield api

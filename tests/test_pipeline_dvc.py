@@ -20,18 +20,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True):
-    completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                               check=False)
+    completed = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
     if check and completed.returncode != 0:
-        raise AssertionError(f"{command} failed:\n{completed.stdout[-3000:]}\n"
-                             f"{completed.stderr[-5000:]}")
+        raise AssertionError(
+            f"{command} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}"
+        )
     return completed
 
 
 def copy_repository(target: Path) -> Path:
     """The files git would commit (tracked and new, not ignored), as a fresh repository."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in listed:
         if (ROOT / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
@@ -42,9 +49,15 @@ def copy_repository(target: Path) -> Path:
 @pytest.fixture
 def project(tmp_path: Path, mlflow_uri: str) -> tuple[Path, dict[str, str]]:
     project = copy_repository(tmp_path / "project")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": mlflow_uri, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     env.pop("RAY_ADDRESS", None)
     return project, env
 
@@ -56,7 +69,9 @@ def commit(project: Path, env: dict[str, str], message: str) -> None:
 
 def test_dvc_repro_end_to_end_then_gate_and_recover(project, tmp_path: Path) -> None:
     project, env = project
-    source = make_image_folder(tmp_path / "photos", rgb=True, vary_size=True, size=(16, 20))
+    source = make_image_folder(
+        tmp_path / "photos", rgb=True, vary_size=True, size=(16, 20)
+    )
     params = yaml.safe_load(TINY_PARAMS.read_text())
     params["ingest"]["source"] = str(source)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
@@ -71,12 +86,16 @@ def test_dvc_repro_end_to_end_then_gate_and_recover(project, tmp_path: Path) -> 
     assert "test_accuracy" in json.dumps(shown)
     assert "Stage 'train' didn't change" in run(["dvc", "repro"], project, env).stdout
     commit(project, env, "good run")
-    good_hash = json.loads((project / "data/dataset/dataset.json").read_text())["content_hash"]
+    good_hash = json.loads((project / "data/dataset/dataset.json").read_text())[
+        "content_hash"
+    ]
     model_bytes = (project / "models/candidate/model.pt").read_bytes()
 
     broken = source / "class_1" / "img_004.png"
     broken.write_bytes(broken.read_bytes()[:40])
-    assert "up to date" in run(["dvc", "status"], project, env).stdout  # DVC cannot see it
+    assert (
+        "up to date" in run(["dvc", "status"], project, env).stdout
+    )  # DVC cannot see it
     failed = run(["dvc", "repro", "--force", "--single-item", "ingest"], project, env)
     assert "Running stage 'validate'" not in failed.stdout
     failed = run(["dvc", "repro"], project, env, check=False)

@@ -48,7 +48,9 @@ def test_evidently_runs_a_drift_report() -> None:
     rng = np.random.default_rng(0)
     reference = pd.DataFrame({"brightness": rng.normal(0, 1, 300)})
     current = pd.DataFrame({"brightness": rng.normal(3, 1, 300)})
-    snapshot = Report([DataDriftPreset()]).run(current_data=current, reference_data=reference)
+    snapshot = Report([DataDriftPreset()]).run(
+        current_data=current, reference_data=reference
+    )
     assert "DriftedColumnsCount" in snapshot.json()
 
 
@@ -57,11 +59,22 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path: Path) -> None:
 
     from components.model import ModelSpec, build_model
 
-    spec = ModelSpec(arch="cnn", classes=["a", "b"], in_channels=1, image_size=8, channels=[4],
-                     hidden=8, dropout=0.0, mean=0.5, std=0.25)
+    spec = ModelSpec(
+        arch="cnn",
+        classes=["a", "b"],
+        in_channels=1,
+        image_size=8,
+        channels=[4],
+        hidden=8,
+        dropout=0.0,
+        mean=0.5,
+        std=0.25,
+    )
     model = build_model(spec).eval()
     example = torch.randn(2, 1, 8, 8)
-    torch.onnx.export(model, (example,), tmp_path / "m.onnx")  # dynamo=True is the default
+    torch.onnx.export(
+        model, (example,), tmp_path / "m.onnx"
+    )  # dynamo=True is the default
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
     (output,) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
     np.testing.assert_allclose(output, model(example).detach().numpy(), atol=1e-4)

@@ -17,8 +17,12 @@ from components.config import (
 from tests.conftest import TINY_PARAMS, tiny_params
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"ingest": IngestConfig, "validate": ValidateConfig, "train": TrainConfig,
-            "evaluate": EvaluateConfig}
+SECTIONS = {
+    "ingest": IngestConfig,
+    "validate": ValidateConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+}
 
 
 @pytest.mark.parametrize("params_path", [ROOT / "params.yaml", TINY_PARAMS])
@@ -56,22 +60,31 @@ def test_out_of_range_value_is_named(tmp_path: Path) -> None:
 
 
 def test_missing_params_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ParamsError, match="nope.yaml: file not found"):
+    with pytest.raises(ParamsError, match=r"nope\.yaml: file not found"):
         load_params("train", TrainConfig, tmp_path / "nope.yaml")
 
 
 def test_dvc_stages_match_flow_tasks_in_order() -> None:
     stages = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
     tree = ast.parse((ROOT / "flows" / "training.py").read_text())
-    flow = next(node for node in tree.body
-                if isinstance(node, ast.FunctionDef) and node.name == "training")
-    called = [node.func.id.removesuffix("_task") for node in ast.walk(flow)
-              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-              and node.func.id.endswith("_task")]
+    flow = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name == "training"
+    )
+    called = [
+        node.func.id.removesuffix("_task")
+        for node in ast.walk(flow)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id.endswith("_task")
+    ]
     assert called == stages
 
 
 def test_dvc_stage_params_are_their_own_sections() -> None:
-    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())[
+        "stages"
+    ].items():
         assert stage["params"] == [name]
         assert f"python -m components {name}" in stage["cmd"]

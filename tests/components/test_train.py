@@ -19,21 +19,37 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_dataset, train_cfg: TrainConfig, ray_cluster, mlflow_uri: str,
-            tmp_path_factory: pytest.TempPathFactory):
+def trained(
+    tiny_dataset,
+    train_cfg: TrainConfig,
+    ray_cluster,
+    mlflow_uri: str,
+    tmp_path_factory: pytest.TempPathFactory,
+):
     mlflow.set_tracking_uri(mlflow_uri)
     out_dir = tmp_path_factory.mktemp("train") / "candidate"
-    result = train(train_cfg, data_dir=tiny_dataset.out_dir, out_dir=out_dir,
-                   params_path=Path(__file__).parents[1] / "params.tiny.yaml")
+    result = train(
+        train_cfg,
+        data_dir=tiny_dataset.out_dir,
+        out_dir=out_dir,
+        params_path=Path(__file__).parents[1] / "params.tiny.yaml",
+    )
     yield result
     mlflow.set_tracking_uri(None)
 
 
 def test_candidate_files_and_weights_only_load(trained, train_cfg: TrainConfig) -> None:
     folder = trained.model_dir
-    assert {p.name for p in folder.iterdir()} >= {WEIGHTS_FILE, "spec.json", "metrics.json",
-                                                 "history.json", "lineage.json"}
-    state = torch.load(folder / WEIGHTS_FILE, weights_only=True)  # plain tensors, no code
+    assert {p.name for p in folder.iterdir()} >= {
+        WEIGHTS_FILE,
+        "spec.json",
+        "metrics.json",
+        "history.json",
+        "lineage.json",
+    }
+    state = torch.load(
+        folder / WEIGHTS_FILE, weights_only=True
+    )  # plain tensors, no code
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     model, spec = load_model(folder)
     assert spec.classes == ["class_0", "class_1", "class_2"] and spec.in_channels == 1
@@ -44,23 +60,32 @@ def test_candidate_files_and_weights_only_load(trained, train_cfg: TrainConfig) 
     assert trained.metrics["val_accuracy"] == pytest.approx(best)
 
 
-def test_mlflow_run_has_params_metric_history_lineage_and_artifacts(trained, mlflow_uri) -> None:
+def test_mlflow_run_has_params_metric_history_lineage_and_artifacts(
+    trained, mlflow_uri
+) -> None:
     client = mlflow.MlflowClient(mlflow_uri)
     run = client.get_run(trained.run_id)
     assert run.data.params["lr"] == "0.01" and run.data.params["num_workers"] == "1"
     assert len(client.get_metric_history(trained.run_id, "val_accuracy")) == 3
     lineage = json.loads((trained.model_dir / "lineage.json").read_text())
-    assert run.data.tags["lineage.dataset_content_hash"] == lineage["dataset_content_hash"]
+    assert (
+        run.data.tags["lineage.dataset_content_hash"] == lineage["dataset_content_hash"]
+    )
     assert len(run.data.tags["lineage.params_hash"]) == 64
     assert lineage["mlflow_run_id"] == trained.run_id
     artifacts = {a.path for a in client.list_artifacts(trained.run_id, "candidate")}
     assert "candidate/model.pt" in artifacts and "candidate/spec.json" in artifacts
 
 
-def test_evaluate_writes_metrics_per_class_and_confusion(trained, tiny_dataset,
-                                                          tmp_path: Path) -> None:
-    result = evaluate(EvaluateConfig(batch_size=4), model_dir=trained.model_dir,
-                      data_dir=tiny_dataset.out_dir, report_dir=tmp_path / "evaluation")
+def test_evaluate_writes_metrics_per_class_and_confusion(
+    trained, tiny_dataset, tmp_path: Path
+) -> None:
+    result = evaluate(
+        EvaluateConfig(batch_size=4),
+        model_dir=trained.model_dir,
+        data_dir=tiny_dataset.out_dir,
+        report_dir=tmp_path / "evaluation",
+    )
     metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert metrics == result.metrics and 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["test_accuracy"] > 0.6  # three easy patterns; chance is 0.33
@@ -68,29 +93,43 @@ def test_evaluate_writes_metrics_per_class_and_confusion(trained, tiny_dataset,
     assert set(per_class) == {"class_0", "class_1", "class_2"}
     assert sum(c["support"] for c in per_class.values()) == metrics["test_images"]
     assert (tmp_path / "evaluation" / "confusion_matrix.png").stat().st_size > 1000
-    run = mlflow.MlflowClient().get_run(trained.run_id)  # evaluation joins the training run
+    run = mlflow.MlflowClient().get_run(
+        trained.run_id
+    )  # evaluation joins the training run
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
 
 
-def test_two_workers_train_with_gloo(tiny_dataset, train_cfg: TrainConfig, ray_cluster,
-                                     mlflow_uri, tmp_path: Path) -> None:
+def test_two_workers_train_with_gloo(
+    tiny_dataset, train_cfg: TrainConfig, ray_cluster, mlflow_uri, tmp_path: Path
+) -> None:
     mlflow.set_tracking_uri(mlflow_uri)
     cfg = train_cfg.model_copy(update={"num_workers": 2, "epochs": 2})
-    result = train(cfg, data_dir=tiny_dataset.out_dir, out_dir=tmp_path / "candidate",
-                   params_path=Path(__file__).parents[1] / "params.tiny.yaml")
+    result = train(
+        cfg,
+        data_dir=tiny_dataset.out_dir,
+        out_dir=tmp_path / "candidate",
+        params_path=Path(__file__).parents[1] / "params.tiny.yaml",
+    )
     assert result.metrics["epochs_trained"] == 2
     assert 0.0 <= result.metrics["val_accuracy"] <= 1.0
 
 
-def test_checkpoint_holds_everything_needed_to_resume(tiny_dataset, train_cfg, ray_cluster,
-                                                      mlflow_uri, tmp_path: Path) -> None:
+def test_checkpoint_holds_everything_needed_to_resume(
+    tiny_dataset, train_cfg, ray_cluster, mlflow_uri, tmp_path: Path
+) -> None:
     """Ray Train keeps model, optimizer, scheduler, epoch and RNG state in every checkpoint."""
     from components.ray_runtime import storage_path_for
     from components.train import build_trainer, model_spec
 
-    cfg = train_cfg.model_copy(update={"epochs": 2, "storage_path": str(tmp_path / "ray")})
-    result = build_trainer(cfg, model_spec(cfg, tiny_dataset.out_dir.resolve()),
-                           data_dir=tiny_dataset.out_dir.resolve(), run_name="keep").fit()
+    cfg = train_cfg.model_copy(
+        update={"epochs": 2, "storage_path": str(tmp_path / "ray")}
+    )
+    result = build_trainer(
+        cfg,
+        model_spec(cfg, tiny_dataset.out_dir.resolve()),
+        data_dir=tiny_dataset.out_dir.resolve(),
+        run_name="keep",
+    ).fit()
     assert result.path.startswith(storage_path_for(cfg.storage_path))
     with result.checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
@@ -98,9 +137,12 @@ def test_checkpoint_holds_everything_needed_to_resume(tiny_dataset, train_cfg, r
     assert state["epoch"] == 1
 
 
-def test_failed_training_leaves_no_partial_output(tiny_dataset, train_cfg, ray_cluster,
-                                                  tmp_path: Path) -> None:
-    bad = train_cfg.model_copy(update={"image_size": 4, "channels": [8, 8, 8]})  # 4px / 8 < 1
+def test_failed_training_leaves_no_partial_output(
+    tiny_dataset, train_cfg, ray_cluster, tmp_path: Path
+) -> None:
+    bad = train_cfg.model_copy(
+        update={"image_size": 4, "channels": [8, 8, 8]}
+    )  # 4px / 8 < 1
     with pytest.raises(Exception):  # noqa: B017 - Ray wraps the worker's error
         train(bad, data_dir=tiny_dataset.out_dir, out_dir=tmp_path / "candidate")
     assert not (tmp_path / "candidate").exists()

@@ -24,9 +24,12 @@ async def _runs(api: str) -> tuple[list, list]:
         return await client.read_flow_runs(), await client.read_task_runs()
 
 
-def test_flow_runs_every_stage_on_rgb_photos(tmp_path: Path, prefect_api: str, mlflow_uri: str,
-                                             ray_cluster) -> None:
-    source = make_image_folder(tmp_path / "photos", rgb=True, vary_size=True, size=(24, 32))
+def test_flow_runs_every_stage_on_rgb_photos(
+    tmp_path: Path, prefect_api: str, mlflow_uri: str, ray_cluster
+) -> None:
+    source = make_image_folder(
+        tmp_path / "photos", rgb=True, vary_size=True, size=(24, 32)
+    )
     params = tiny_params(tmp_path, ingest={"source": str(source)})
     mlflow.set_tracking_uri(mlflow_uri)
     with temporary_settings({PREFECT_API_URL: prefect_api}):
@@ -35,7 +38,9 @@ def test_flow_runs_every_stage_on_rgb_photos(tmp_path: Path, prefect_api: str, m
     mlflow.set_tracking_uri(None)
     assert state.is_completed(), state
     metrics = state.result()
-    assert metrics == json.loads((tmp_path / "reports/evaluation/metrics.json").read_text())
+    assert metrics == json.loads(
+        (tmp_path / "reports/evaluation/metrics.json").read_text()
+    )
     spec = json.loads((tmp_path / "models/candidate/spec.json").read_text())
     assert spec["in_channels"] == 3  # the RGB photos were kept in colour
     run = next(r for r in flow_runs if r.id == state.state_details.flow_run_id)
@@ -48,7 +53,9 @@ def test_flow_stops_at_the_validation_gate(tmp_path: Path, prefect_api: str) -> 
     source = make_image_folder(tmp_path / "photos")
     (source / "class_0" / "broken.png").write_bytes(b"\x89PNG not really")
     params = tiny_params(tmp_path, ingest={"source": str(source)})
-    with temporary_settings({PREFECT_API_URL: prefect_api}), \
-            pytest.raises(DataValidationError, match=r"images/class_0/broken\.png"):
+    with (
+        temporary_settings({PREFECT_API_URL: prefect_api}),
+        pytest.raises(DataValidationError, match=r"images/class_0/broken\.png"),
+    ):
         training(params_path=params, root=tmp_path)
     assert not (tmp_path / "models").exists()
