@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,33 +19,19 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+from benchmarks.common import ROOT, copy_repository, git_commit, machine
+
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline.json"
 
 
-def copy_repository(target: Path, epochs: int | None) -> Path:
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in listed:
-        if (ROOT / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, target / name)
+def prepared_copy(target: Path, epochs: int | None) -> Path:
+    copy_repository(target)
     if epochs is not None:
         params = yaml.safe_load((target / "params.yaml").read_text())
         params["train"]["epochs"] = epochs
         (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-    for command in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        [*git, "commit", "-qm", "bench"],
-    ):
-        subprocess.run(command, cwd=target, check=True, capture_output=True)
+        git_commit(target, f"{epochs} epochs")
     return target
 
 
@@ -79,8 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     epochs = 3 if args.quick else None
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as scratch:
-        dvc_copy = copy_repository(Path(scratch) / "dvc", epochs)
-        flow_copy = copy_repository(Path(scratch) / "flow", epochs)
+        dvc_copy = prepared_copy(Path(scratch) / "dvc", epochs)
+        flow_copy = prepared_copy(Path(scratch) / "flow", epochs)
         fresh = timed(["dvc", "repro"], dvc_copy)
         noop = timed(["dvc", "repro"], dvc_copy)
         flow = timed([sys.executable, "-m", "flows.training"], flow_copy)
@@ -93,11 +77,7 @@ def main() -> None:
     result = {
         "benchmark": "pipeline",
         "quick": args.quick,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "gpu": None,
-        },
+        "machine": machine(),
         "fresh_repro_seconds": {
             "value": round(fresh, 2),
             "unit": "s",

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from components.config import ValidateConfig
+from components.ingest import MANIFEST_COLUMNS, SPLITS
 
 _MAX_NAMED = 20  # offending items named per failed expectation; the JSON has them all
 
@@ -39,24 +40,13 @@ def manifest_expectations(cfg: ValidateConfig) -> list[Any]:
             column=column, value_set=[True], meta={"check": check}
         )
 
-    columns = [
-        "path",
-        "sha256",
-        "label",
-        "split",
-        "height",
-        "width",
-        "channels",
-        "pixel_mean",
-        "pixel_std",
-    ]
     return [
         gxe.ExpectTableRowCountToBeBetween(
             min_value=1, meta={"check": "dataset not empty"}
         ),
         *[
             gxe.ExpectColumnToExist(column=c, meta={"check": f"manifest has {c}"})
-            for c in columns
+            for c in MANIFEST_COLUMNS
         ],
         gxe.ExpectColumnValuesToBeUnique(column="path", meta={"check": "paths unique"}),
         gxe.ExpectColumnValuesToNotBeNull(
@@ -64,7 +54,7 @@ def manifest_expectations(cfg: ValidateConfig) -> list[Any]:
         ),
         gxe.ExpectColumnValuesToBeInSet(
             column="split",
-            value_set=["train", "val", "test"],
+            value_set=list(SPLITS),
             meta={"check": "split is train/val/test"},
         ),
         true("inside_root", "file resolves inside the dataset root"),
@@ -102,7 +92,7 @@ def class_expectations(cfg: ValidateConfig) -> list[Any]:
                 min_value=1,
                 meta={"check": f"every class has {split} images"},
             )
-            for split in ("train", "val", "test")
+            for split in SPLITS
         ],
         gxe.ExpectColumnValuesToBeBetween(
             column="imbalance",

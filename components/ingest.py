@@ -21,6 +21,18 @@ IMAGES = "images"
 MANIFEST = "manifest.parquet"
 DATASET_JSON = "dataset.json"
 SPLITS = ("train", "val", "test")
+# One row per file; sizes are null and statistics NaN where the file could not be read.
+MANIFEST_COLUMNS = (
+    "path",
+    "sha256",
+    "label",
+    "split",
+    "height",
+    "width",
+    "channels",
+    "pixel_mean",
+    "pixel_std",
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,7 @@ def ingest(cfg: IngestConfig, *, out_dir: Path) -> IngestResult:
         copy_source(cfg.source, staging / IMAGES)
         manifest = _describe_files(staging, cfg.max_pixels)
         manifest["split"] = _assign_splits(manifest, cfg)
-        manifest.to_parquet(staging / MANIFEST, index=False)
+        manifest[list(MANIFEST_COLUMNS)].to_parquet(staging / MANIFEST, index=False)
         summary = _summarise(manifest, cfg.source)
         write_json(staging / DATASET_JSON, summary)
     write_json(marker, {**fingerprint, "content_hash": summary["content_hash"]})
@@ -88,16 +100,7 @@ def _describe_files(root: Path, max_pixels: int) -> pd.DataFrame:
     rows = [_describe(root, path, max_pixels) for path in tqdm(paths, desc="describe")]
     frame = pd.DataFrame(
         rows,
-        columns=[
-            "path",
-            "sha256",
-            "label",
-            "height",
-            "width",
-            "channels",
-            "pixel_mean",
-            "pixel_std",
-        ],
+        columns=[c for c in MANIFEST_COLUMNS if c != "split"],
     )
     for column in ("height", "width", "channels"):
         frame[column] = frame[column].astype("Int64")  # nullable: unreadable files stay

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from components.config import ValidateConfig
 from components.gx_suites import class_expectations, manifest_expectations, run_suites
 from components.images import ImageReadError, ImageTooLargeError, decode, read_header
-from components.ingest import MANIFEST
+from components.ingest import MANIFEST, SPLITS
 from components.io import atomic_dir, sha256_file, write_json
 
 
@@ -141,7 +141,7 @@ def _check_file(
 
 def _class_table(manifest: pd.DataFrame) -> pd.DataFrame:
     counts = manifest.groupby(["label", "split"]).size().unstack(fill_value=0)
-    counts = counts.reindex(columns=["train", "val", "test"], fill_value=0)
+    counts = counts.reindex(columns=list(SPLITS), fill_value=0)
     table = counts.assign(images=counts.sum(axis=1)).reset_index()
     largest = table["images"].max() if len(table) else 0
     table["imbalance"] = largest / table["images"].clip(lower=1)

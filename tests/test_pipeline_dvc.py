@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.common import copy_repository, git_commit
 from tests.conftest import TINY_PARAMS
 from tests.imagegen import make_image_folder
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True):
@@ -30,22 +29,6 @@ def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True):
     return completed
 
 
-def copy_repository(target: Path) -> Path:
-    """The files git would commit (tracked and new, not ignored), as a fresh repository."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in listed:
-        if (ROOT / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, target / name)
-    return target
-
-
 @pytest.fixture
 def project(tmp_path: Path, mlflow_uri: str) -> tuple[Path, dict[str, str]]:
     project = copy_repository(tmp_path / "project")
@@ -53,18 +36,9 @@ def project(tmp_path: Path, mlflow_uri: str) -> tuple[Path, dict[str, str]]:
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": mlflow_uri,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
     }
     env.pop("RAY_ADDRESS", None)
     return project, env
-
-
-def commit(project: Path, env: dict[str, str], message: str) -> None:
-    run(["git", "add", "-A"], project, env)
-    run(["git", "commit", "-qm", message], project, env)
 
 
 def test_dvc_repro_end_to_end_then_gate_and_recover(project, tmp_path: Path) -> None:
@@ -75,8 +49,7 @@ def test_dvc_repro_end_to_end_then_gate_and_recover(project, tmp_path: Path) -> 
     params = yaml.safe_load(TINY_PARAMS.read_text())
     params["ingest"]["source"] = str(source)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    run(["git", "init", "-q"], project, env)
-    commit(project, env, "tiny")
+    git_commit(project, "tiny")
 
     run(["dvc", "repro"], project, env)
     metrics = json.loads((project / "reports/evaluation/metrics.json").read_text())
@@ -85,7 +58,7 @@ def test_dvc_repro_end_to_end_then_gate_and_recover(project, tmp_path: Path) -> 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project, env).stdout)
     assert "test_accuracy" in json.dumps(shown)
     assert "Stage 'train' didn't change" in run(["dvc", "repro"], project, env).stdout
-    commit(project, env, "good run")
+    git_commit(project, "good run")
     good_hash = json.loads((project / "data/dataset/dataset.json").read_text())[
         "content_hash"
     ]
