@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,31 +40,16 @@ def train(
 ) -> TrainResult:
     """Train on `data_dir` with Ray Train; write weights, spec, metrics and history to `out_dir`
     and record the run in MLflow (tracking URI from MLFLOW_TRACKING_URI, else local SQLite)."""
-    data_dir = (
-        data_dir.resolve()
-    )  # Ray workers do not share the driver's working directory
+    # Ray workers do not share the driver's working directory.
+    data_dir = data_dir.resolve()
+    _check_local_gpus(cfg)
     spec = model_spec(cfg, data_dir)
     ensure_ray(cfg.num_workers)
     result = build_trainer(
         cfg, spec, data_dir=data_dir, run_name=f"train-{uuid.uuid4().hex[:8]}"
     ).fit()
-    if result.error is not None:
-        raise RuntimeError(f"training failed: {result.error}") from result.error
-    best = result.get_best_checkpoint(metric=TARGET_METRIC, mode="max")
-    if best is None:
-        raise RuntimeError("training reported no checkpoint")
-    with best.as_directory() as folder:
-        state = torch.load(
-            Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
-        )
-    # rank 0 returns every epoch (Train V2; the static type is still V1's Result)
-    history = getattr(result, "return_value", None) or state["history"]
-    best_row = state["history"][-1]  # the checkpoint's own epoch
-    metrics = {
-        "epochs_trained": float(len(history)),
-        "best_epoch": best_row["epoch"],
-        **{key: float(value) for key, value in best_row.items() if key != "epoch"},
-    }
+    state, history = _best_state(result)
+    metrics = _summary(state["history"][-1], epochs_trained=len(history))
     with atomic_dir(out_dir) as staging:
         model = build_model(spec)
         model.load_state_dict(state["model"])
@@ -79,6 +65,45 @@ def train(
         write_json(staging / LINEAGE_FILE, {**asdict(lineage), "mlflow_run_id": run_id})
     discard_local_run(result.path)
     return TrainResult(model_dir=out_dir, metrics=metrics, run_id=run_id)
+
+
+def _best_state(result: Any) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """The best-by-validation checkpoint's contents, and the history of every epoch."""
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {result.error}") from result.error
+    best = result.get_best_checkpoint(metric=TARGET_METRIC, mode="max")
+    if best is None:
+        raise RuntimeError("training reported no checkpoint")
+    with best.as_directory() as folder:
+        state = torch.load(
+            Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
+        )
+    # Rank 0's return value (Train V2's Result.return_value) holds every epoch; the
+    # checkpoint's history stops at the best one.
+    return state, result.return_value or state["history"]
+
+
+def _summary(best_row: dict[str, float], *, epochs_trained: int) -> dict[str, float]:
+    return {
+        "epochs_trained": float(epochs_trained),
+        "best_epoch": best_row["epoch"],
+        **{key: float(value) for key, value in best_row.items() if key != "epoch"},
+    }
+
+
+def _check_local_gpus(cfg: TrainConfig) -> None:
+    """Fail fast where Ray would wait forever: GPUs asked for on a local machine without them.
+
+    A remote cluster (RAY_ADDRESS) may add GPU nodes on demand, so it is not checked.
+    """
+    if cfg.use_gpu and not os.environ.get("RAY_ADDRESS"):
+        found = torch.cuda.device_count()
+        if found < cfg.num_workers:
+            raise ValueError(
+                f"train.use_gpu is true with train.num_workers={cfg.num_workers}, but this "
+                f"machine has {found} GPU(s); set use_gpu: false or point RAY_ADDRESS at a "
+                "cluster with GPUs"
+            )
 
 
 def model_spec(cfg: TrainConfig, data_dir: Path) -> ModelSpec:

@@ -146,3 +146,11 @@ def test_failed_training_leaves_no_partial_output(
     with pytest.raises(Exception):  # noqa: B017 - Ray wraps the worker's error
         train(bad, data_dir=tiny_dataset.out_dir, out_dir=tmp_path / "candidate")
     assert not (tmp_path / "candidate").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine")
+def test_gpu_asked_for_without_one_is_named(tiny_dataset, train_cfg, tmp_path) -> None:
+    cfg = train_cfg.model_copy(update={"use_gpu": True})
+    with pytest.raises(ValueError, match=r"train\.use_gpu is true .* 0 GPU"):
+        train(cfg, data_dir=tiny_dataset.out_dir, out_dir=tmp_path / "candidate")
+    assert not (tmp_path / "candidate").exists()
