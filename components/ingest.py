@@ -48,7 +48,7 @@ def ingest(cfg: IngestConfig, *, out_dir: Path) -> IngestResult:
 
     Unreadable files are kept and recorded with empty statistics: validate names them.
     When the source and params are unchanged since the last ingest into `out_dir`, nothing
-    is rewritten (DVC runs this stage every time, since it cannot watch every source).
+    is rewritten: the Prefect flow re-ingests on every run and pays only a listing for it.
     """
     marker = out_dir.parent / f".{out_dir.name}.source.json"
     fingerprint = {"source": source_fingerprint(cfg.source), "params": cfg.model_dump()}
