@@ -14,6 +14,7 @@ from components.config import (
     IngestConfig,
     ParamsError,
     TrainConfig,
+    TuneConfig,
     ValidateConfig,
     load_params,
 )
@@ -80,11 +81,13 @@ def train(
     out_dir: OutDir = Path("models/candidate"),
     params: Params = DEFAULT_PARAMS,
 ) -> None:
-    """Train under Ray Train; write the best-by-validation candidate to OUT_DIR."""
-    from components.train import train as run
+    """Train under Ray Train (a Ray Tune search when tune.num_samples > 1); write the
+    best-by-validation candidate to OUT_DIR."""
+    from components.tune import tune as run
 
-    cfg = load_params("train", TrainConfig, params)
-    result = run(cfg, data_dir=data_dir, out_dir=out_dir, params_path=params)
+    result = run(load_params("tune", TuneConfig, params),
+                 load_params("train", TrainConfig, params),
+                 data_dir=data_dir, out_dir=out_dir, params_path=params)  # fmt: skip
     typer.echo(
         f"val_accuracy {result.metrics['val_accuracy']:.4f}; MLflow run {result.run_id}"
     )

@@ -7,7 +7,7 @@ key, a missing key or a value of the wrong type fails at load time with the key 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -50,18 +50,31 @@ class ValidateConfig(_Section):
 
 
 class TrainConfig(_Section):
+    arch: Literal["cnn", "resnet"] = "cnn"
     epochs: int = Field(15, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    # Global batch: each of the num_workers gets batch_size // num_workers, so the
+    # optimisation (and the result) does not change with the worker count.
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
+    amp: bool = (
+        True  # on GPU: bf16 autocast where supported, else fp16 with loss scaling
+    )
+    channels_last: bool = True  # on GPU only
     seed: int = 0
     image_size: int = Field(16, ge=4)
     channels: list[int] = Field(default_factory=lambda: [32, 64])
     hidden: int = Field(128, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
     loader_workers: int = Field(0, ge=0)
+    max_failures: int = Field(
+        2, ge=0
+    )  # worker-group restarts from the latest checkpoint
+    checkpoints_to_keep: int = Field(
+        2, ge=1
+    )  # best by val_accuracy; the latest is kept too
     experiment: str = "image-classifier"
     # "" keeps Ray Train's checkpoints under .cache/ray; "s3://bucket/prefix" at scale.
     storage_path: str = ""
@@ -70,6 +83,41 @@ class TrainConfig(_Section):
     def _channels_not_empty(self) -> TrainConfig:
         if not self.channels or min(self.channels) < 1:
             raise ValueError("channels must list at least one positive width")
+        if self.batch_size < self.num_workers:
+            raise ValueError("batch_size must be at least num_workers (it is global)")
+        return self
+
+
+class TuneConfig(_Section):
+    """Search over train.* with Optuna proposing and ASHA stopping weak trials early.
+
+    num_samples: 1 means no search: train.* is used as given.
+    """
+
+    num_samples: int = Field(1, ge=1)
+    max_concurrent: int = Field(1, ge=1)
+    grace_period: int = Field(
+        2, ge=1
+    )  # epochs every trial gets before ASHA may stop it
+    reduction_factor: int = Field(3, ge=2)
+    seed: int = 0
+    # [low, high] ranges (YAML lists; strict typing reads a list, not a tuple)
+    lr: list[float] = Field([1e-4, 1e-2], min_length=2, max_length=2)  # log-uniform
+    weight_decay: list[float] = Field([1e-6, 1e-2], min_length=2, max_length=2)  # log
+    dropout: list[float] = Field([0.0, 0.5], min_length=2, max_length=2)  # uniform
+    width: list[int] = Field([16, 32, 64], min_length=1)  # first block's channels
+    batch_size: list[int] = Field([32, 64, 128], min_length=1)
+
+    @model_validator(mode="after")
+    def _ranges_are_ordered(self) -> TuneConfig:
+        for name in ("lr", "weight_decay", "dropout"):
+            low, high = getattr(self, name)
+            if not 0 <= low < high:
+                raise ValueError(f"{name} must be [low, high] with 0 <= low < high")
+        if self.lr[0] <= 0 or self.weight_decay[0] <= 0:
+            raise ValueError(
+                "lr and weight_decay are log-uniform: their low must be > 0"
+            )
         return self
 
 

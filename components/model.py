@@ -35,9 +35,11 @@ class ModelSpec:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    if spec.arch != "cnn":
-        raise ValueError(f"spec.arch: unknown architecture '{spec.arch}'")
-    return SmallCNN(spec)
+    if spec.arch == "cnn":
+        return SmallCNN(spec)
+    if spec.arch == "resnet":
+        return SmallResNet(spec)
+    raise ValueError(f"spec.arch: unknown architecture '{spec.arch}'")
 
 
 class SmallCNN(nn.Module):
@@ -70,6 +72,60 @@ class SmallCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.head(self.pool(self.features(images)))
+        return logits
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut, as in ResNet."""
+
+    def __init__(self, width_in: int, width: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(width_in, width, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or width_in != width:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(width_in, width, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(width),
+            )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(images) + self.shortcut(images))
+
+
+class SmallResNet(nn.Module):
+    """A 3x3 stem, then one residual stage per width (each after the first halves the
+    resolution, two blocks a stage), global pooling and a dropout linear head."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        stem_width = spec.channels[0]
+        self.stem = nn.Sequential(
+            nn.Conv2d(spec.in_channels, stem_width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(stem_width),
+            nn.ReLU(inplace=True),
+        )
+        stages: list[nn.Module] = []
+        width_in = stem_width
+        for index, width in enumerate(spec.channels):
+            stride = 1 if index == 0 else 2
+            stages += [BasicBlock(width_in, width, stride), BasicBlock(width, width, 1)]
+            width_in = width
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(spec.dropout),
+            nn.Linear(width_in, spec.num_classes),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.head(self.stages(self.stem(images)))
         return logits
 
 

@@ -12,11 +12,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_STORAGE = PROJECT_ROOT / ".cache" / "ray"
 
 
-def ensure_ray(num_workers: int) -> None:
+def ensure_ray(min_cpus: int) -> None:
     """Start (or join) Ray once per process.
 
-    Locally, Ray sees at least one CPU per Train worker plus one for the trial driver, so a
-    two-worker run fits a two-core laptop; on a cluster the cluster's resources decide.
+    Locally, Ray is told of at least `min_cpus` CPUs (a Train worker each, plus one per
+    trial driver), so a two-worker run fits a two-core laptop by sharing cores; on a
+    cluster the cluster's resources decide.
     """
     if ray.is_initialized():
         return
@@ -24,7 +25,7 @@ def ensure_ray(num_workers: int) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env, log_to_driver=True)
     else:
-        cpus = max(os.cpu_count() or 1, num_workers + 1)
+        cpus = max(os.cpu_count() or 1, min_cpus)
         # The dashboard stays on: Ray Train's placement-group cleaner needs its State API.
         ray.init(num_cpus=cpus, runtime_env=runtime_env)
 

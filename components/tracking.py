@@ -1,6 +1,9 @@
 """MLflow records of training: params, per-epoch metrics in batches, artifacts, lineage tags.
 
-The tracking URI is MLflow's own: MLFLOW_TRACKING_URI when set, else ./mlflow.db (SQLite).
+The tracking URI is MLflow's own (MLFLOW_TRACKING_URI, else ./mlflow.db). It is resolved once
+in the driver and handed to Ray's processes explicitly: the Train controller and Tune trials
+run in other processes, where a relative SQLite path or an unset variable would point
+elsewhere (the well-known Ray + MLflow pitfall).
 """
 
 from __future__ import annotations
@@ -9,14 +12,19 @@ import hashlib
 import json
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from components.config import TrainConfig, read_params
-from components.model import ModelSpec
+import mlflow
+from mlflow.entities import Metric
+from ray.train import UserCallback
 
-_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+from components.config import read_params
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests runs under it
 
 
 @dataclass(frozen=True)
@@ -41,62 +49,88 @@ class Lineage:
         return {f"lineage.{key}": str(value) for key, value in asdict(self).items()}
 
 
-def log_training_run(
-    cfg: TrainConfig,
-    spec: ModelSpec,
-    history: list[dict[str, float]],
-    summary: dict[str, float],
-    lineage: Lineage,
-    *,
-    artifacts_dir: Path,
-) -> str:
-    """Log one run and return its id."""
-    import mlflow
-    from mlflow.entities import Metric
+def tracking_uri() -> str:
+    """MLflow's URI with a relative SQLite path made absolute (other processes, other cwd)."""
+    uri = mlflow.get_tracking_uri()
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri.removeprefix(prefix)).resolve())
+    return uri
 
-    mlflow.set_experiment(cfg.experiment)
-    with mlflow.start_run(run_name="train") as run:
-        mlflow.log_params(
-            {
-                **_flat(cfg.model_dump()),
-                "in_channels": spec.in_channels,
-                "num_classes": spec.num_classes,
-                "arch": spec.arch,
-            }
-        )
-        mlflow.set_tags(lineage.tags())
+
+@contextmanager
+def mlflow_run(
+    experiment: str,
+    name: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    uri: str | None = None,
+) -> Iterator[str]:
+    """A run that ends FINISHED, or FAILED when the block raises; yields its id.
+
+    `uri` is given in Ray's processes, where MLflow's own default may not apply.
+    """
+    client = mlflow.MlflowClient(uri or tracking_uri())
+    experiment_id = _experiment_id(client, experiment)
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    client.log_batch(run.info.run_id, params=[
+        mlflow.entities.Param(key, _text(value)) for key, value in params.items()
+    ])  # fmt: skip
+    try:
+        yield run.info.run_id
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
+class EpochLogger(UserCallback):
+    """Logs each epoch's metrics to an MLflow run as one batch, from the Train controller,
+    as they arrive: a trial stopped early by the scheduler keeps the curve it had."""
+
+    def __init__(self, run_id: str, uri: str) -> None:
+        self.run_id = run_id
+        self.uri = uri
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: Any) -> None:  # fmt: skip
+        rank0 = metrics[0]
+        step = int(rank0.get("epoch", 0))
         now = int(time.time() * 1000)
-        metrics = [
-            Metric(key, float(value), now, int(row["epoch"]))
-            for row in history
-            for key, value in row.items()
-            if key != "epoch"
-        ]
-        metrics += [
-            Metric(f"final_{key}", value, now, 0) for key, value in summary.items()
-        ]
-        client = mlflow.MlflowClient()
-        for start in range(0, len(metrics), _BATCH):
-            client.log_batch(run.info.run_id, metrics=metrics[start : start + _BATCH])
-        mlflow.log_artifacts(str(artifacts_dir), artifact_path="candidate")
-        return str(run.info.run_id)
+        batch = [Metric(key, float(value), now, step) for key, value in rank0.items()
+                 if key != "epoch" and isinstance(value, int | float)]  # fmt: skip
+        mlflow.MlflowClient(self.uri).log_batch(self.run_id, metrics=batch)
+
+
+def log_summary(run_id: str, metrics: dict[str, float], artifacts_dir: Path) -> None:
+    """The candidate's summary metrics (as final_*) and files, on the run."""
+    client = mlflow.MlflowClient(tracking_uri())
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[
+        Metric(f"final_{key}", float(value), now, 0) for key, value in metrics.items()
+    ])  # fmt: skip
+    client.log_artifacts(run_id, str(artifacts_dir), artifact_path="candidate")
 
 
 def log_evaluation(run_id: str, metrics: dict[str, float], report_dir: Path) -> None:
     """Attach the evaluation to the training run that produced the model."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, float(value))
+    client = mlflow.MlflowClient(tracking_uri())
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    )
     client.log_artifacts(run_id, str(report_dir), artifact_path="evaluation")
 
 
-def _flat(values: dict[str, Any]) -> dict[str, Any]:
-    return {
-        key: json.dumps(v) if isinstance(v, list | dict) else v
-        for key, v in values.items()
-    }
+def _experiment_id(client: mlflow.MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    return str(client.create_experiment(name))
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | dict | tuple) else str(value)
 
 
 def _git_state() -> tuple[str, bool]:
@@ -104,14 +138,10 @@ def _git_state() -> tuple[str, bool]:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False
-    return commit, dirty
+    return commit, bool(dirty)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+from ray.train import TrainingFailedError
 from ray.train.torch import TorchTrainer
 
 from components.config import TrainConfig
@@ -17,7 +17,13 @@ from components.ingest import DATASET_JSON
 from components.io import atomic_dir, read_json, write_json
 from components.model import LINEAGE_FILE, ModelSpec, build_model, save_model
 from components.ray_runtime import discard_local_run, ensure_ray, storage_path_for
-from components.tracking import Lineage, log_training_run
+from components.tracking import (
+    EpochLogger,
+    Lineage,
+    log_summary,
+    mlflow_run,
+    tracking_uri,
+)
 from components.train_loop import CHECKPOINT_FILE, TARGET_METRIC, train_loop_per_worker
 
 METRICS_FILE = "metrics.json"
@@ -37,38 +43,44 @@ def train(
     data_dir: Path,
     out_dir: Path,
     params_path: Path = Path("params.yaml"),
+    callbacks: list[Any] | None = None,
 ) -> TrainResult:
     """Train on `data_dir` with Ray Train; write weights, spec, metrics and history to `out_dir`
-    and record the run in MLflow (tracking URI from MLFLOW_TRACKING_URI, else local SQLite)."""
+    and record the run in MLflow (tracking URI from MLFLOW_TRACKING_URI, else local SQLite).
+
+    `callbacks` are extra `ray.train.UserCallback`s (they run in the Train controller).
+    """
     # Ray workers do not share the driver's working directory.
     data_dir = data_dir.resolve()
-    _check_local_gpus(cfg)
+    check_local_gpus(cfg)
     spec = model_spec(cfg, data_dir)
-    ensure_ray(cfg.num_workers)
-    result = build_trainer(
-        cfg, spec, data_dir=data_dir, run_name=f"train-{uuid.uuid4().hex[:8]}"
-    ).fit()
-    state, history = _best_state(result)
-    metrics = _summary(state["history"][-1], epochs_trained=len(history))
-    with atomic_dir(out_dir) as staging:
-        model = build_model(spec)
-        model.load_state_dict(state["model"])
-        save_model(model, spec, staging)
-        write_json(staging / METRICS_FILE, metrics)
-        write_json(staging / HISTORY_FILE, history)
-        lineage = Lineage.collect(
-            params_path, read_json(data_dir / DATASET_JSON)["content_hash"]
-        )
-        run_id = log_training_run(
-            cfg, spec, history, metrics, lineage, artifacts_dir=staging
-        )
-        write_json(staging / LINEAGE_FILE, {**asdict(lineage), "mlflow_run_id": run_id})
+    ensure_ray(cfg.num_workers + 1)
+    lineage = Lineage.collect(
+        params_path, read_json(data_dir / DATASET_JSON)["content_hash"]
+    )
+    with mlflow_run(
+        cfg.experiment, "train", lineage.tags(), run_params(cfg, spec)
+    ) as run_id:
+        callbacks = [EpochLogger(run_id, tracking_uri()), *(callbacks or [])]
+        trainer = build_trainer(cfg, spec, data_dir=data_dir, run_name=f"train-{run_id}",
+                                callbacks=callbacks)  # fmt: skip
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as error:
+            raise RuntimeError(
+                f"training failed after train.max_failures={cfg.max_failures} "
+                f"restart(s): {error}"
+            ) from error
+        state, resumes = best_state(result)
+        metrics = write_candidate(spec, state, resumes, out_dir, run_id=run_id,
+                                  lineage={**asdict(lineage), "mlflow_run_id": run_id})  # fmt: skip
     discard_local_run(result.path)
     return TrainResult(model_dir=out_dir, metrics=metrics, run_id=run_id)
 
 
-def _best_state(result: Any) -> tuple[dict[str, Any], list[dict[str, float]]]:
-    """The best-by-validation checkpoint's contents, and the history of every epoch."""
+def best_state(result: Any) -> tuple[dict[str, Any], list[int]]:
+    """The best-by-validation checkpoint's contents (its history completed with every epoch)
+    and the epochs at which the run resumed after a failure."""
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}") from result.error
     best = result.get_best_checkpoint(metric=TARGET_METRIC, mode="max")
@@ -78,20 +90,45 @@ def _best_state(result: Any) -> tuple[dict[str, Any], list[dict[str, float]]]:
         state = torch.load(
             Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
         )
-    # Rank 0's return value (Train V2's Result.return_value) holds every epoch; the
-    # checkpoint's history stops at the best one.
-    return state, result.return_value or state["history"]
+    outcome = result.return_value  # rank 0's: every epoch, not only up to the best one
+    return {**state, "full_history": outcome["history"]}, list(outcome["resumes"])
 
 
-def _summary(best_row: dict[str, float], *, epochs_trained: int) -> dict[str, float]:
-    return {
-        "epochs_trained": float(epochs_trained),
+def write_candidate(
+    spec: ModelSpec,
+    state: dict[str, Any],
+    resumes: list[int],
+    out_dir: Path,
+    *,
+    run_id: str,
+    lineage: dict[str, Any],
+) -> dict[str, float]:
+    """Weights, spec, metrics, history and lineage to `out_dir` (atomically), and the
+    summary and files to the MLflow run."""
+    best_row = state["history"][-1]  # the checkpoint's own epoch
+    metrics = {
+        "epochs_trained": float(len(state["full_history"])),
+        "resumes": float(len(resumes)),
         "best_epoch": best_row["epoch"],
         **{key: float(value) for key, value in best_row.items() if key != "epoch"},
     }
+    with atomic_dir(out_dir) as staging:
+        model = build_model(spec)
+        model.load_state_dict(state["model"])
+        save_model(model, spec, staging)
+        write_json(staging / METRICS_FILE, metrics)
+        write_json(staging / HISTORY_FILE, state["full_history"])
+        write_json(staging / LINEAGE_FILE, {**lineage, "resumed_at_epochs": resumes})
+        log_summary(run_id, metrics, staging)
+    return metrics
 
 
-def _check_local_gpus(cfg: TrainConfig) -> None:
+def run_params(cfg: TrainConfig, spec: ModelSpec) -> dict[str, Any]:
+    return {**cfg.model_dump(), "in_channels": spec.in_channels,
+            "num_classes": spec.num_classes}  # fmt: skip
+
+
+def check_local_gpus(cfg: TrainConfig) -> None:
     """Fail fast where Ray would wait forever: GPUs asked for on a local machine without them.
 
     A remote cluster (RAY_ADDRESS) may add GPU nodes on demand, so it is not checked.
@@ -112,7 +149,7 @@ def model_spec(cfg: TrainConfig, data_dir: Path) -> ModelSpec:
     in_channels, mean, std = input_contract(train_rows)
     classes = sorted(read_json(data_dir / DATASET_JSON)["classes"])
     return ModelSpec(
-        arch="cnn",
+        arch=cfg.arch,
         classes=classes,
         in_channels=in_channels,
         image_size=cfg.image_size,
@@ -133,7 +170,7 @@ def build_trainer(
     callbacks: list[Any] | None = None,
 ) -> TorchTrainer:
     """The one TorchTrainer set-up, shared by a plain run and every search trial."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     return TorchTrainer(
         # Ray's stub types the loop as returning None; V2 hands rank 0's return value back
@@ -148,8 +185,9 @@ def build_trainer(
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path_for(cfg.storage_path),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=2,
+                num_to_keep=cfg.checkpoints_to_keep,
                 checkpoint_score_attribute=TARGET_METRIC,
                 checkpoint_score_order="max",
             ),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 import tempfile
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,38 +30,74 @@ CHECKPOINT_FILE = "checkpoint.pt"
 TARGET_METRIC = "val_accuracy"
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, float]]:
+@dataclass(frozen=True)
+class Precision:
+    """Mixed precision on GPU: bf16 where the device supports it, else fp16 with a scaler."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+    channels_last: bool
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def for_device(cls, device: torch.device, cfg: TrainConfig) -> Precision:
+        if device.type != "cuda":  # CPU: fp32; autocast to bf16 is slower on most CPUs
+            return cls(device, None, False, None)
+        dtype = None
+        if cfg.amp:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        return cls(device, dtype, cfg.channels_last, scaler)
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last \
+            else images  # fmt: skip
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train for cfg.epochs, reporting metrics and a checkpoint every epoch; rank 0 returns
-    the per-epoch history."""
+    the per-epoch history and the epochs at which the run resumed after a failure."""
     cfg = TrainConfig(**config["train"])
     spec = ModelSpec(**config["spec"])
     data_dir = Path(config["data_dir"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    device = ray.train.torch.get_device()
+    precision = Precision.for_device(ray.train.torch.get_device(), cfg)
 
     train_set = ImageDataset(data_dir, read_split(data_dir, "train"), spec)
     val_set = ImageDataset(data_dir, read_split(data_dir, "val"), spec)
     sampler: DistributedSampler[Any] = DistributedSampler(
         train_set, num_replicas=world, rank=rank, seed=cfg.seed
     )
-    train_loader = _loader(train_set, cfg, sampler=sampler)
+    batch = max(1, cfg.batch_size // world)  # the global batch stays cfg.batch_size
+    train_loader = _loader(train_set, cfg, batch, sampler=sampler)
     # Validation shards without padding, so the reduced metrics count each image once.
-    val_loader = _loader(Subset(val_set, range(rank, len(val_set), world)), cfg)
+    val_loader = _loader(Subset(val_set, range(rank, len(val_set), world)), cfg, batch)
 
-    model = ray.train.torch.prepare_model(build_model(spec))
+    model = build_model(spec)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    start_epoch, history = _restore(model, optimizer, scheduler)
+    start_epoch, history, resumes = _restore(model, optimizer, scheduler)
 
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
-        train_loss, train_accuracy = run_epoch(model, train_loader, device, optimizer)
+        train_loss, train_accuracy = run_epoch(
+            model, train_loader, precision, optimizer
+        )
         scheduler.step()
-        val_loss, val_accuracy = run_epoch(model, val_loader, device)
+        val_loss, val_accuracy = run_epoch(model, val_loader, precision)
         metrics = {
             "epoch": float(epoch),
             "lr": float(scheduler.get_last_lr()[0]),
@@ -69,8 +107,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, float]]:
             TARGET_METRIC: val_accuracy,
         }
         history.append(metrics)
-        _report(metrics, model, optimizer, scheduler, history, rank)
-    return history
+        state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
+                 "resumes": resumes, "rng": _rng_state()}  # fmt: skip
+        _report(metrics, state, rank)
+    return {"history": history, "resumes": resumes}
 
 
 def train_step(
@@ -78,46 +119,52 @@ def train_step(
     images: torch.Tensor,
     targets: torch.Tensor,
     optimizer: torch.optim.Optimizer,
+    precision: Precision,
 ) -> tuple[float, int]:
     """One optimiser step; returns (summed loss, correct predictions) over the batch."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    logits = model(images)
-    loss = nn.functional.cross_entropy(logits, targets)
-    loss.backward()  # type: ignore[no-untyped-call]
-    optimizer.step()
+    with precision.autocast():
+        logits = model(images)
+        loss = nn.functional.cross_entropy(logits, targets)
+    if precision.scaler is not None:
+        precision.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+    else:
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
     return loss.item() * len(targets), int((logits.argmax(1) == targets).sum())
 
 
 @torch.no_grad()
 def eval_step(
-    model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, precision: Precision
 ) -> tuple[float, int]:
     model.eval()
-    logits = model(images)
-    loss = nn.functional.cross_entropy(logits, targets, reduction="sum")
+    with precision.autocast():
+        logits = model(images)
+    loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
     return loss.item(), int((logits.argmax(1) == targets).sum())
 
 
 def run_epoch(
     model: nn.Module,
     loader: DataLoader[Any],
-    device: torch.device,
+    precision: Precision,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> tuple[float, float]:
     """Mean loss and accuracy over the loader, summed across all workers."""
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
     for images, targets in loader:
-        images, targets = (
-            images.to(device, non_blocking=True),
-            targets.to(device, non_blocking=True),
-        )
+        images = precision.to_device(images)
+        targets = targets.to(precision.device, non_blocking=True)
         if optimizer is None:
-            loss_sum, correct = eval_step(model, images, targets)
+            loss_sum, correct = eval_step(model, images, targets, precision)
         else:
-            loss_sum, correct = train_step(model, images, targets, optimizer)
+            loss_sum, correct = train_step(model, images, targets, optimizer, precision)
         totals += torch.tensor([loss_sum, correct, len(targets)], dtype=torch.float64)
-    totals = _sum_across_workers(totals, device)
+    totals = _sum_across_workers(totals, precision.device)
     count = max(totals[2].item(), 1.0)
     return totals[0].item() / count, totals[1].item() / count
 
@@ -128,10 +175,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loader(dataset: Any, cfg: TrainConfig, sampler: Any = None) -> DataLoader[Any]:
+def _loader(
+    dataset: Any, cfg: TrainConfig, batch: int, sampler: Any = None
+) -> DataLoader[Any]:
     return DataLoader(
         dataset,
-        batch_size=cfg.batch_size,
+        batch_size=batch,
         sampler=sampler,
         num_workers=cfg.loader_workers,
         pin_memory=cfg.use_gpu,
@@ -148,47 +197,28 @@ def _sum_across_workers(values: torch.Tensor, device: torch.device) -> torch.Ten
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return (
-        model.module
-        if isinstance(model, nn.parallel.DistributedDataParallel)
-        else model
-    )
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return cast(nn.Module, model.module)
+    return model
 
 
-def _report(
-    metrics: dict[str, float],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    history: list[dict[str, float]],
-    rank: int,
-) -> None:
+def _report(metrics: dict[str, float], state: dict[str, Any], rank: int) -> None:
     """Every rank reports; rank 0 attaches the checkpoint (all state needed to resume)."""
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            torch.save(
-                {
-                    "model": _unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": int(metrics["epoch"]),
-                    "history": history,
-                    "rng": _rng_state(),
-                },
-                Path(tmp) / CHECKPOINT_FILE,
-            )
+            torch.save(state, Path(tmp) / CHECKPOINT_FILE)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def _restore(
     model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> tuple[int, list[dict[str, float]]]:
+) -> tuple[int, list[dict[str, float]], list[int]]:
     """Resume from Ray's latest checkpoint after a worker failure; epoch 0 otherwise."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0, []
+        return 0, [], []
     with checkpoint.as_directory() as folder:
         state = torch.load(
             Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
@@ -197,7 +227,8 @@ def _restore(
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
-    return state["epoch"] + 1, list(state["history"])
+    next_epoch = state["epoch"] + 1
+    return next_epoch, list(state["history"]), [*state["resumes"], next_epoch]
 
 
 def _rng_state() -> dict[str, Any]:
@@ -205,16 +236,17 @@ def _rng_state() -> dict[str, Any]:
     name, keys, position, has_gauss, gauss = cast(
         tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True)
     )
+    numpy_state = (
+        name,
+        torch.from_numpy(keys.astype(np.int64)),
+        position,
+        has_gauss,
+        gauss,
+    )
     return {
         "python": random.getstate(),
         "torch": torch.get_rng_state(),
-        "numpy": (
-            name,
-            torch.from_numpy(keys.astype(np.int64)),
-            position,
-            has_gauss,
-            gauss,
-        ),
+        "numpy": numpy_state,
     }
 
 

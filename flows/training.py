@@ -14,17 +14,18 @@ from components.config import (
     EvaluateConfig,
     IngestConfig,
     TrainConfig,
+    TuneConfig,
     ValidateConfig,
     load_params,
 )
 from components.evaluate import evaluate
 from components.ingest import ingest
-from components.train import train
+from components.tune import tune
 from components.validate import DataValidationError, validate
 
 ingest_task = task(name="ingest", retries=3, retry_delay_seconds=[2, 5, 15])(ingest)
 validate_task = task(name="validate")(validate)
-train_task = task(name="train")(train)
+train_task = task(name="train")(tune)  # a plain run when tune.num_samples is 1
 evaluate_task = task(name="evaluate")(evaluate)
 
 
@@ -45,6 +46,7 @@ def training(
     if not report.success:
         raise DataValidationError(report.failed)
     candidate = train_task(
+        load_params("tune", TuneConfig, params_path),
         load_params("train", TrainConfig, params_path),
         data_dir=dataset.out_dir,
         out_dir=root / "models/candidate",

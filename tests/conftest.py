@@ -97,6 +97,6 @@ def ray_cluster() -> Iterator[None]:
 
     from components.ray_runtime import ensure_ray
 
-    ensure_ray(num_workers=2)
+    ensure_ray(min_cpus=3)
     yield
     ray.shutdown()

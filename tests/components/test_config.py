@@ -11,6 +11,7 @@ from components.config import (
     IngestConfig,
     ParamsError,
     TrainConfig,
+    TuneConfig,
     ValidateConfig,
     load_params,
 )
@@ -21,6 +22,7 @@ SECTIONS = {
     "ingest": IngestConfig,
     "validate": ValidateConfig,
     "train": TrainConfig,
+    "tune": TuneConfig,
     "evaluate": EvaluateConfig,
 }
 
@@ -86,5 +88,8 @@ def test_dvc_stage_params_are_their_own_sections() -> None:
     for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())[
         "stages"
     ].items():
-        assert stage["params"] == [name]
+        expected = (
+            [name, "tune"] if name == "train" else [name]
+        )  # train runs the search
+        assert stage["params"] == expected
         assert f"python -m components {name}" in stage["cmd"]
