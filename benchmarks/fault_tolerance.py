@@ -49,10 +49,18 @@ def run(cfg: TrainConfig, data_dir: Path, scratch: Path, name: str, kill: bool) 
     test = evaluate(EvaluateConfig(), model_dir=result.model_dir, data_dir=data_dir,
                     report_dir=scratch / name / "evaluation").metrics["test_accuracy"]  # fmt: skip
     lineage = json.loads((result.model_dir / "lineage.json").read_text())
-    after = [stamp for stamp, _ in read_clock(clock) if killed and stamp > killed[0]]
-    return {"test_accuracy": test, "killed": bool(killed),
-            "resumed_at": lineage["resumed_at_epochs"],
-            "restore_seconds": (after[0] - killed[0]) if after else None}  # fmt: skip
+    resumed = lineage["resumed_at_epochs"]
+    # The resumed epoch may also have been reported before the kill (its files land before
+    # the controller records them), and reports queued before the kill can arrive after
+    # it: the restore ends at the last report of the first epoch run after the restart.
+    rerun = [
+        stamp for stamp, epoch in read_clock(clock) if resumed and epoch == resumed[0]
+    ]
+    restore = (
+        rerun[-1] - killed[0] if killed and rerun and rerun[-1] > killed[0] else None
+    )
+    return {"test_accuracy": test, "killed": bool(killed), "resumed_at": resumed,
+            "restore_seconds": restore}  # fmt: skip
 
 
 def main() -> None:

@@ -203,13 +203,22 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _report(metrics: dict[str, float], state: dict[str, Any], rank: int) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (all state needed to resume)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:
-            torch.save(state, Path(tmp) / CHECKPOINT_FILE)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+    """Every rank reports; rank 0 attaches the checkpoint (all state needed to resume).
+
+    The upload runs in the background (ASYNC) so the next epoch does not wait on storage;
+    Ray deletes the local copy once it is uploaded.
+    """
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="checkpoint-"))
+    torch.save(state, folder / CHECKPOINT_FILE)
+    ray.train.report(
+        metrics,
+        checkpoint=ray.train.Checkpoint.from_directory(folder),
+        checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+        delete_local_checkpoint_after_upload=True,
+    )
 
 
 def _restore(
