@@ -49,10 +49,6 @@ def test_dvc_repro_end_to_end_then_gate_and_recover(project, tmp_path: Path) -> 
     params = yaml.safe_load(TINY_PARAMS.read_text())
     params["ingest"]["source"] = str(source)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    ignore = (
-        project / ".gitignore"
-    )  # as a project of one's own does (README): track dvc.lock
-    ignore.write_text(ignore.read_text().replace("/dvc.lock\n", ""))
     git_commit(project, "tiny")
 
     run(["dvc", "repro"], project, env)
