@@ -86,7 +86,8 @@ class ReportClock(UserCallback):
 
     def after_report(self, run_context: Any, metrics: Any, checkpoint: Any) -> None:
         with self.path.open("a") as stream:
-            stream.write(f"{time.time()}\t{metrics[0].get('epoch', -1)}\n")
+            stamp = metrics[0].get("reported_at", time.time())  # the worker's own clock
+            stream.write(f"{stamp}\t{metrics[0].get('epoch', -1)}\n")
 
 
 def read_clock(path: Path) -> list[tuple[float, int]]:

@@ -23,6 +23,7 @@ from mlflow.entities import Metric
 from ray.train import UserCallback
 
 from components.config import read_params
+from components.train_loop import REPORTED_AT
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests runs under it
 
@@ -97,8 +98,9 @@ class EpochLogger(UserCallback):
         rank0 = metrics[0]
         step = int(rank0.get("epoch", 0))
         now = int(time.time() * 1000)
+        skip = ("epoch", REPORTED_AT)
         batch = [Metric(key, float(value), now, step) for key, value in rank0.items()
-                 if key != "epoch" and isinstance(value, int | float)]  # fmt: skip
+                 if key not in skip and isinstance(value, int | float)]  # fmt: skip
         mlflow.MlflowClient(self.uri).log_batch(self.run_id, metrics=batch)
 
 
