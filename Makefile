@@ -32,7 +32,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy components
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/pipeline.py --quick
+	for name in pipeline train_overhead hpo fault_tolerance compression; do \
+		PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/$$name.py --quick || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)

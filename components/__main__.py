@@ -10,6 +10,7 @@ import typer
 
 from components.config import (
     DEFAULT_PARAMS,
+    CompressConfig,
     EvaluateConfig,
     IngestConfig,
     ParamsError,
@@ -91,6 +92,32 @@ def train(
     typer.echo(
         f"val_accuracy {result.metrics['val_accuracy']:.4f}; MLflow run {result.run_id}"
     )
+
+
+@app.command()
+def compress(
+    model_dir: ModelDir = Path("models/candidate"),
+    data_dir: DataDir = Path("data/dataset"),
+    out_dir: OutDir = Path("models/compressed"),
+    report: Annotated[
+        Path, typer.Option(help="The variant table (JSON; PNG beside it).")
+    ] = Path("reports/compression.json"),
+    params: Params = DEFAULT_PARAMS,
+) -> None:
+    """Prune and quantize the candidate, measure every variant, ship the smallest within
+    params.compress.budget to OUT_DIR; exit 1 (the table printed) when none fits."""
+    from components.compress import CompressionBudgetError, format_table
+    from components.compress import compress as run
+
+    cfg = load_params("compress", CompressConfig, params)
+    try:
+        result = run(cfg, model_dir=model_dir, data_dir=data_dir, out_dir=out_dir,
+                     report_path=report)  # fmt: skip
+    except CompressionBudgetError as error:
+        typer.echo(f"compression FAILED: {error}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(format_table(result.table))
+    typer.echo(f"shipped {result.shipped} -> {out_dir}")
 
 
 @app.command()

@@ -7,7 +7,7 @@ key, a missing key or a value of the wrong type fails at load time with the key 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -118,6 +118,62 @@ class TuneConfig(_Section):
             raise ValueError(
                 "lr and weight_decay are log-uniform: their low must be > 0"
             )
+        return self
+
+
+# The variants compress can build, each exported to ONNX and measured:
+#   fp32                      the candidate as trained
+#   pruned_unstructured       global magnitude pruning + fine-tune
+#   pruned_channels           structured channel pruning + fine-tune
+#   int8_ptq                  post-training int8, no fine-tune: the baseline QAT must beat
+#   int8_qat                  quantization-aware fine-tune to int8
+#   pruned_unstructured_int8  QAT on the unstructured-pruned model, its zeros kept
+#   pruned_channels_int8      QAT on the channel-pruned model
+Variant = Literal[
+    "fp32",
+    "pruned_unstructured",
+    "pruned_channels",
+    "int8_ptq",
+    "int8_qat",
+    "pruned_unstructured_int8",
+    "pruned_channels_int8",
+]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
+
+
+class CompressBudget(_Section):
+    """What the shipped variant must meet; the smallest one that does ships."""
+
+    max_accuracy_drop_pts: float = Field(
+        1.0, ge=0
+    )  # test accuracy below fp32's, points
+    max_latency_ms: float = Field(10.0, gt=0)  # batch 1, ONNX Runtime, compress.threads
+    max_size_bytes: int = Field(10_000_000, gt=0)  # the ONNX file, gzip-compressed
+
+
+class CompressConfig(_Section):
+    variants: list[Variant] = Field(
+        default_factory=lambda: list(VARIANTS), min_length=1
+    )
+    sparsity: float = Field(0.8, gt=0, lt=1)  # share of weights zeroed (unstructured)
+    channel_ratio: float = Field(0.5, gt=0, lt=1)  # share of channels removed per layer
+    finetune_epochs: int = Field(3, ge=0)  # after pruning
+    qat_epochs: int = Field(3, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+    calibration_images: int = Field(256, ge=1)  # from the train split
+    threads: int = Field(1, ge=1)  # ONNX Runtime intra-op threads for every timing
+    warmup: int = Field(20, ge=0)
+    runs: int = Field(100, ge=1)
+    budget: CompressBudget = Field(
+        default_factory=lambda: CompressBudget.model_validate({})
+    )
+
+    @model_validator(mode="after")
+    def _fp32_is_measured(self) -> CompressConfig:
+        if "fp32" not in self.variants:
+            raise ValueError("variants must include fp32 (the reference for drops)")
         return self
 
 

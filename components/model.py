@@ -28,6 +28,8 @@ class ModelSpec:
     dropout: float
     mean: float  # input normalisation, pixel values scaled to [0, 1]
     std: float
+    # True after structured pruning: layer widths then come from the saved weights.
+    channel_pruned: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -144,7 +146,39 @@ def load_model(model_dir: Path) -> tuple[nn.Module, ModelSpec]:
         raise FileNotFoundError(
             f"{weights_path}: model weights are missing (run train first)"
         )
-    model.load_state_dict(
-        torch.load(weights_path, map_location="cpu", weights_only=True)
-    )
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    if spec.channel_pruned:
+        shape_like(model, state)
+    model.load_state_dict(state)
     return model.eval(), spec
+
+
+def shape_like(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Resize the conv, BatchNorm and linear layers of a freshly built `model` to the tensor
+    shapes in `state`, so a channel-pruned network loads from a plain state dict (no pickled
+    modules: Torch-Pruning's own serialisation pickles them)."""
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        for tensor_name, current in [*module.named_parameters(recurse=False),
+                                     *module.named_buffers(recurse=False)]:  # fmt: skip
+            saved = state.get(prefix + tensor_name)
+            if saved is None or saved.shape == current.shape:
+                continue
+            resized = torch.empty(saved.shape, dtype=current.dtype)
+            if isinstance(current, nn.Parameter):
+                setattr(module, tensor_name, nn.Parameter(resized))
+            else:
+                module.register_buffer(tensor_name, resized)
+        _sync_widths(module)
+    return model
+
+
+def _sync_widths(module: nn.Module) -> None:
+    """Keep the width attributes (used in repr and by exporters) true to the tensors."""
+    if isinstance(module, nn.Conv2d):
+        module.out_channels = module.weight.shape[0]
+        module.in_channels = module.weight.shape[1] * module.groups
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.BatchNorm2d):
+        module.num_features = module.weight.shape[0]

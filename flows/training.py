@@ -10,7 +10,9 @@ from pathlib import Path
 
 from prefect import flow, task
 
+from components.compress import compress
 from components.config import (
+    CompressConfig,
     EvaluateConfig,
     IngestConfig,
     TrainConfig,
@@ -26,6 +28,7 @@ from components.validate import DataValidationError, validate
 ingest_task = task(name="ingest", retries=3, retry_delay_seconds=[2, 5, 15])(ingest)
 validate_task = task(name="validate")(validate)
 train_task = task(name="train")(tune)  # a plain run when tune.num_samples is 1
+compress_task = task(name="compress")(compress)
 evaluate_task = task(name="evaluate")(evaluate)
 
 
@@ -33,7 +36,8 @@ evaluate_task = task(name="evaluate")(evaluate)
 def training(
     params_path: Path = Path("params.yaml"), root: Path = Path(".")
 ) -> dict[str, float]:
-    """ingest -> validate (gate) -> train -> evaluate; returns the test metrics."""
+    """ingest -> validate (gate) -> train -> compress (budget gate) -> evaluate; returns
+    the test metrics."""
     data_dir = root / "data/dataset"
     dataset = ingest_task(
         load_params("ingest", IngestConfig, params_path), out_dir=data_dir
@@ -51,6 +55,13 @@ def training(
         data_dir=dataset.out_dir,
         out_dir=root / "models/candidate",
         params_path=params_path,
+    )
+    compress_task(
+        load_params("compress", CompressConfig, params_path),
+        model_dir=candidate.model_dir,
+        data_dir=dataset.out_dir,
+        out_dir=root / "models/compressed",
+        report_path=root / "reports/compression.json",
     )
     evaluation = evaluate_task(
         load_params("evaluate", EvaluateConfig, params_path),

@@ -1,0 +1,80 @@
+"""ONNX export (torch.export based, any batch size) and ONNX Runtime inference and timing."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+# The exporter logs one warning per torchvision op it cannot find; torchvision is not used.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+for _chatty in ("onnx_ir", "onnxscript"):  # a line per graph pass at INFO
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """One self-contained .onnx file (weights inside) with a dynamic batch dimension."""
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
+    return path
+
+
+class OnnxModel:
+    """An ONNX Runtime CPU session with a fixed thread count (timings need one)."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        self.path = path
+        self.session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name: str = self.session.get_inputs()[0].name
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        output: np.ndarray = self.session.run(None, {self.input_name: images})[0]
+        return output
+
+    def time_calls(self, images: np.ndarray, calls: int) -> list[float]:
+        """Seconds taken by each of `calls` runs on `images`."""
+        feed = {self.input_name: np.ascontiguousarray(images, dtype=np.float32)}
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            self.session.run(None, feed)
+            times.append(time.perf_counter() - start)
+        return times
+
+
+def median_latency_ms(
+    models: dict[str, OnnxModel], images: np.ndarray, warmup: int, runs: int
+) -> dict[str, float]:
+    """Median latency of each model on `images`, measured side by side: the runs are
+    interleaved in rounds, so a slow spell on a shared machine hits every model alike."""
+    rounds = min(10, runs)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        model.time_calls(images, warmup)
+    for round_index in range(rounds):
+        calls = runs // rounds + (1 if round_index < runs % rounds else 0)
+        for name, model in models.items():
+            times[name] += model.time_calls(images, calls)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
