@@ -46,6 +46,7 @@ from components.quantize import (
     quantize_onnx,
     quantize_ptq,
 )
+from components.tracking import log_results, training_run
 from components.train_loop import Precision, run_epoch, seed_everything
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,11 @@ def compress(
         with atomic_dir(out_dir) as staging:
             _write_variant(chosen, staging, model_dir, shipped)
         _write_report(report_path, table, shipped, cfg.budget)
+    run_id = training_run(model_dir)
+    if run_id:
+        metrics = {f"compress_{k}": v for k, v in summary(table, shipped).items()}
+        log_results(run_id, metrics, [report_path, report_path.with_suffix(".png"),
+                                      out_dir], artifact_path="compression")  # fmt: skip
     log.info("shipped %s: %s", shipped.variant, shipped)
     return CompressResult(model_dir=out_dir, shipped=shipped.variant, table=table)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from tqdm import tqdm
 from components.config import EvaluateConfig
 from components.data import ImageDataset, read_split
 from components.io import atomic_dir, write_json
-from components.model import LINEAGE_FILE, ModelSpec, load_model
-from components.tracking import log_evaluation
+from components.model import ModelSpec, load_model
+from components.tracking import log_results, training_run
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.parquet"
@@ -57,19 +56,10 @@ def evaluate(
         write_json(staging / "per_class.json", _per_class(labels, predicted, spec))
         _write_predictions(staging, rows, spec, predicted, probabilities)
         _plot_confusion(staging / CONFUSION_PNG, labels, predicted, spec)
-        run_id = _training_run(model_dir)
+        run_id = training_run(model_dir)
         if run_id:
-            log_evaluation(run_id, metrics, staging)
+            log_results(run_id, metrics, [staging], artifact_path="evaluation")
     return EvaluateResult(report_dir=report_dir, metrics=metrics)
-
-
-def _training_run(model_dir: Path) -> str | None:
-    lineage = model_dir / LINEAGE_FILE
-    return (
-        json.loads(lineage.read_text()).get("mlflow_run_id")
-        if lineage.is_file()
-        else None
-    )
 
 
 @torch.no_grad()

@@ -23,6 +23,8 @@ from mlflow.entities import Metric
 from ray.train import UserCallback
 
 from components.config import read_params
+from components.io import read_json
+from components.model import LINEAGE_FILE
 from components.train_loop import REPORTED_AT
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests runs under it
@@ -114,14 +116,27 @@ def log_summary(run_id: str, metrics: dict[str, float], artifacts_dir: Path) -> 
     client.log_artifacts(run_id, str(artifacts_dir), artifact_path="candidate")
 
 
-def log_evaluation(run_id: str, metrics: dict[str, float], report_dir: Path) -> None:
-    """Attach the evaluation to the training run that produced the model."""
+def log_results(
+    run_id: str, metrics: dict[str, float], paths: list[Path], artifact_path: str
+) -> None:
+    """Attach a later stage's metrics and files (folders or single files) to the training
+    run that produced the model."""
     client = mlflow.MlflowClient(tracking_uri())
     now = int(time.time() * 1000)
     client.log_batch(
         run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
     )
-    client.log_artifacts(run_id, str(report_dir), artifact_path="evaluation")
+    for path in paths:
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=artifact_path)
+        else:
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+def training_run(model_dir: Path) -> str | None:
+    """The MLflow run that trained the model in `model_dir` (from its lineage), if any."""
+    lineage = model_dir / LINEAGE_FILE
+    return read_json(lineage).get("mlflow_run_id") if lineage.is_file() else None
 
 
 def _experiment_id(client: mlflow.MlflowClient, name: str) -> str:

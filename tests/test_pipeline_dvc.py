@@ -57,6 +57,8 @@ def test_dvc_repro_end_to_end_then_gate_and_recover(project, tmp_path: Path) -> 
     assert "up to date" in run(["dvc", "status"], project, env).stdout
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project, env).stdout)
     assert "test_accuracy" in json.dumps(shown)
+    assert "size_ratio" in json.dumps(shown)  # compress's summary, beside evaluate's
+    assert (project / "models/compressed/model.onnx").is_file()
     assert "Stage 'train' didn't change" in run(["dvc", "repro"], project, env).stdout
     git_commit(project, "good run")
     good_hash = json.loads((project / "data/dataset/dataset.json").read_text())[

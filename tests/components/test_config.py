@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from components.config import (
+    CompressConfig,
     EvaluateConfig,
     IngestConfig,
     ParamsError,
@@ -23,6 +24,7 @@ SECTIONS = {
     "validate": ValidateConfig,
     "train": TrainConfig,
     "tune": TuneConfig,
+    "compress": CompressConfig,
     "evaluate": EvaluateConfig,
 }
 
@@ -93,3 +95,17 @@ def test_dvc_stage_params_are_their_own_sections() -> None:
         )  # train runs the search
         assert stage["params"] == expected
         assert f"python -m components {name}" in stage["cmd"]
+
+
+def test_nested_budget_key_is_named(tmp_path: Path) -> None:
+    path = tiny_params(tmp_path, compress={"budget": {"max_size_bytes": "small"}})
+    with pytest.raises(
+        ParamsError, match=r"compress\.budget\.max_size_bytes: .*'small'"
+    ):
+        load_params("compress", CompressConfig, path)
+
+
+def test_unknown_variant_is_named(tmp_path: Path) -> None:
+    path = tiny_params(tmp_path, compress={"variants": ["fp32", "int4"]})
+    with pytest.raises(ParamsError, match=r"compress\.variants\.1: .*'int4'"):
+        load_params("compress", CompressConfig, path)

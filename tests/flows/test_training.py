@@ -35,8 +35,11 @@ def test_flow_runs_every_stage_on_rgb_photos(
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         state = training(params_path=params, root=tmp_path, return_state=True)
         flow_runs, task_runs = asyncio.run(_runs(prefect_api))
-    mlflow.set_tracking_uri(None)
     assert state.is_completed(), state
+    lineage = json.loads((tmp_path / "models/candidate/lineage.json").read_text())
+    logged = mlflow.MlflowClient().get_run(lineage["mlflow_run_id"]).data.metrics
+    mlflow.set_tracking_uri(None)
+    assert {"test_accuracy", "compress_size_ratio", "compress_accuracy"} <= set(logged)
     metrics = state.result()
     assert metrics == json.loads(
         (tmp_path / "reports/evaluation/metrics.json").read_text()
@@ -46,7 +49,12 @@ def test_flow_runs_every_stage_on_rgb_photos(
     run = next(r for r in flow_runs if r.id == state.state_details.flow_run_id)
     assert run.state.is_completed()
     names = {t.name.rsplit("-", 1)[0] for t in task_runs if t.flow_run_id == run.id}
-    assert names == {"ingest", "validate", "train", "evaluate"}
+    assert names == {"ingest", "validate", "train", "compress", "evaluate"}
+    shipped = json.loads((tmp_path / "reports/compression.json").read_text())["shipped"]
+    assert (tmp_path / "models/compressed/model.onnx").is_file()
+    assert json.loads((tmp_path / "models/compressed/variant.json").read_text()) == {
+        "variant": shipped
+    }
 
 
 def test_flow_stops_at_the_validation_gate(tmp_path: Path, prefect_api: str) -> None:
