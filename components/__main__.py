@@ -123,16 +123,25 @@ def compress(
 @app.command()
 def evaluate(
     model_dir: ModelDir = Path("models/candidate"),
+    shipped_dir: Annotated[
+        Path, typer.Option(help="The variant compress shipped (model.onnx).")
+    ] = Path("models/compressed"),
     data_dir: DataDir = Path("data/dataset"),
     report_dir: OutDir = Path("reports/evaluation"),
     params: Params = DEFAULT_PARAMS,
 ) -> None:
-    """Score the model on the test split; write metrics and a confusion matrix."""
+    """Score the shipped variant and the fp32 candidate on the test split: per class and
+    slice, calibration, latency, behavioural checks, per-item predictions."""
     from components.evaluate import evaluate as run
 
     cfg = load_params("evaluate", EvaluateConfig, params)
-    result = run(cfg, model_dir=model_dir, data_dir=data_dir, report_dir=report_dir)
-    typer.echo(f"test_accuracy {result.metrics['test_accuracy']:.4f}")
+    result = run(cfg, model_dir=model_dir, shipped_dir=shipped_dir, data_dir=data_dir,
+                 report_dir=report_dir)  # fmt: skip
+    metrics = result.metrics
+    typer.echo(
+        f"{metrics['variant']}: test_accuracy {metrics['test_accuracy']:.4f} "
+        f"(fp32 {metrics['fp32_test_accuracy']:.4f}), ECE {metrics['ece']:.4f}"
+    )
 
 
 def main() -> None:

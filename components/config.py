@@ -177,8 +177,33 @@ class CompressConfig(_Section):
         return self
 
 
+SliceFeature = Literal["brightness", "contrast"]
+
+
 class EvaluateConfig(_Section):
     batch_size: int = Field(256, ge=1)
+    calibration_bins: int = Field(15, ge=2)  # equal-width confidence bins for ECE
+    # Each feature (from the manifest) splits the test items at these two quantiles into
+    # low / mid / high slices; promote.slice_floor applies to every slice.
+    slice_features: list[SliceFeature] = Field(
+        default_factory=lambda: list(get_args(SliceFeature))
+    )
+    slice_quantiles: list[float] = Field([0.25, 0.75], min_length=2, max_length=2)
+    shift_pixels: int = Field(
+        1, ge=1
+    )  # behavioural check: a shift that should not matter
+    brightness_delta: float = Field(0.03, gt=0)  # on [0, 1] pixels, the same
+    threads: int = Field(1, ge=1)  # ONNX Runtime threads
+    latency_runs: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _quantiles_ordered(self) -> EvaluateConfig:
+        low, high = self.slice_quantiles
+        if not 0 < low < high < 1:
+            raise ValueError(
+                "slice_quantiles must be [low, high] with 0 < low < high < 1"
+            )
+        return self
 
 
 SectionT = TypeVar("SectionT", bound=_Section)

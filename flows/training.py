@@ -56,7 +56,7 @@ def training(
         out_dir=root / "models/candidate",
         params_path=params_path,
     )
-    compress_task(
+    compressed = compress_task(
         load_params("compress", CompressConfig, params_path),
         model_dir=candidate.model_dir,
         data_dir=dataset.out_dir,
@@ -66,6 +66,7 @@ def training(
     evaluation = evaluate_task(
         load_params("evaluate", EvaluateConfig, params_path),
         model_dir=candidate.model_dir,
+        shipped_dir=compressed.model_dir,
         data_dir=dataset.out_dir,
         report_dir=root / "reports/evaluation",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,3 +101,51 @@ def ray_cluster() -> Iterator[None]:
     ensure_ray(min_cpus=3)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def candidate(tiny_dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A briefly trained small CNN, written as train writes it (no Ray needed here); wide
+    enough (~30k weights) that the weights, not the graph, dominate the file sizes."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from components.data import ImageDataset, read_split
+    from components.model import build_model, save_model
+    from components.train import model_spec
+    from components.train_loop import Precision, run_epoch, seed_everything
+
+    cfg = load_params("train", TrainConfig, TINY_PARAMS).model_copy(
+        update={"channels": [16, 32], "hidden": 64}
+    )
+    data_dir = tiny_dataset.out_dir
+    spec = model_spec(cfg, data_dir)
+    seed_everything(0)
+    model = build_model(spec)
+    loader = DataLoader(ImageDataset(data_dir, read_split(data_dir, "train"), spec),
+                        batch_size=8, shuffle=True)  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for _ in range(15):
+        run_epoch(model, loader, Precision(torch.device("cpu"), None, False, None),
+                  optimizer)  # fmt: skip
+    folder = tmp_path_factory.mktemp("candidate") / "candidate"
+    save_model(model, spec, folder)
+    (folder / "lineage.json").write_text(json.dumps({"mlflow_run_id": None}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def compressed_model(
+    candidate: Path,
+    tiny_dataset: IngestResult,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, Path]:
+    """The candidate compressed with the tiny params: (candidate dir, shipped dir)."""
+    from components.compress import compress
+    from components.config import CompressConfig
+
+    out = tmp_path_factory.mktemp("shipped")
+    cfg = load_params("compress", CompressConfig, TINY_PARAMS)
+    result = compress(cfg, model_dir=candidate, data_dir=tiny_dataset.out_dir,
+                      out_dir=out / "compressed", report_path=out / "compression.json")  # fmt: skip
+    return candidate, result.model_dir

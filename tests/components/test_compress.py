@@ -25,7 +25,6 @@ from components.config import (
     VARIANTS,
     CompressBudget,
     CompressConfig,
-    TrainConfig,
     load_params,
 )
 from components.model import ModelSpec, build_model, load_model, save_model
@@ -37,7 +36,6 @@ from components.pruning import (
     sparsity,
 )
 from components.quantize import freeze_qat, load_qat, prepare_qat
-from components.train import model_spec
 from tests.conftest import TINY_PARAMS, tiny_params
 
 
@@ -163,34 +161,6 @@ def test_onnx_export_matches_pytorch_at_any_batch_size(tmp_path: Path) -> None:
 
 
 # --- the stage ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def candidate(tiny_dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A briefly trained small CNN, written as train writes it (no Ray needed here); wide
-    enough (~30k weights) that the weights, not the graph, dominate the file sizes."""
-    from torch.utils.data import DataLoader
-
-    from components.data import ImageDataset, read_split
-    from components.train_loop import Precision, run_epoch, seed_everything
-
-    cfg = load_params("train", TrainConfig, TINY_PARAMS).model_copy(
-        update={"channels": [16, 32], "hidden": 64}
-    )
-    data_dir = tiny_dataset.out_dir
-    spec = model_spec(cfg, data_dir)
-    seed_everything(0)
-    model = build_model(spec)
-    loader = DataLoader(ImageDataset(data_dir, read_split(data_dir, "train"), spec),
-                        batch_size=8, shuffle=True)  # fmt: skip
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    for _ in range(15):
-        run_epoch(model, loader, Precision(torch.device("cpu"), None, False, None),
-                  optimizer)  # fmt: skip
-    folder = tmp_path_factory.mktemp("candidate") / "candidate"
-    save_model(model, spec, folder)
-    (folder / "lineage.json").write_text(json.dumps({"mlflow_run_id": None}))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -90,6 +90,10 @@ def test_evaluate_writes_metrics_per_class_and_confusion(
     assert metrics == result.metrics and 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["test_accuracy"] > 0.6  # three easy patterns; chance is 0.33
     per_class = json.loads((tmp_path / "evaluation" / "per_class.json").read_text())
+    assert (
+        metrics["variant"] == "fp32"
+    )  # no shipped variant given: the candidate itself
+    per_class = per_class["shipped"]
     assert set(per_class) == {"class_0", "class_1", "class_2"}
     assert sum(c["support"] for c in per_class.values()) == metrics["test_images"]
     assert (tmp_path / "evaluation" / "confusion_matrix.png").stat().st_size > 1000
