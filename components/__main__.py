@@ -14,6 +14,7 @@ from components.config import (
     EvaluateConfig,
     IngestConfig,
     ParamsError,
+    PromoteConfig,
     TrainConfig,
     TuneConfig,
     ValidateConfig,
@@ -142,6 +143,60 @@ def evaluate(
         f"{metrics['variant']}: test_accuracy {metrics['test_accuracy']:.4f} "
         f"(fp32 {metrics['fp32_test_accuracy']:.4f}), ECE {metrics['ece']:.4f}"
     )
+
+
+@app.command()
+def promote(
+    evaluation_dir: Annotated[Path, typer.Option(help="evaluate's reports.")] = Path(
+        "reports/evaluation"
+    ),
+    shipped_dir: Annotated[Path, typer.Option(help="The shipped variant.")] = Path(
+        "models/compressed"
+    ),
+    report: Annotated[Path, typer.Option(help="Where the decision is written.")] = Path(
+        "reports/promotion.json"
+    ),
+    params: Params = DEFAULT_PARAMS,
+) -> None:
+    """The promotion gate: register the version, move `champion` if it passes; exit 1 on
+    rejection, 3 when the registry fails (nothing promoted)."""
+    from components.registry import RegistryError
+    from components.registry import promote as run
+
+    cfg = load_params("promote", PromoteConfig, params)
+    try:
+        result = run(cfg, evaluation_dir=evaluation_dir, shipped_dir=shipped_dir,
+                     report_path=report)  # fmt: skip
+    except RegistryError as error:
+        typer.echo(f"promotion FAILED CLOSED: {error}", err=True)
+        raise typer.Exit(code=3) from None
+    typer.echo(f"{result.decision}: version {result.candidate_version} "
+               f"(champion {result.champion_before} -> {result.champion_after})")  # fmt: skip
+    for reason in result.reasons:
+        typer.echo(f"  - {reason}")
+    if result.decision != "promoted":
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def rollback(
+    to_version: Annotated[
+        str | None, typer.Option(help="Version to restore (default: `previous`).")
+    ] = None,
+    params: Params = DEFAULT_PARAMS,
+) -> None:
+    """Move `champion` back to `previous` (or TO_VERSION), recorded in the ledger."""
+    from components.registry import RegistryError
+    from components.registry import rollback as run
+
+    try:
+        result = run(
+            load_params("promote", PromoteConfig, params), to_version=to_version
+        )
+    except RegistryError as error:
+        typer.echo(f"rollback FAILED: {error}", err=True)
+        raise typer.Exit(code=3) from None
+    typer.echo(result.reasons[0])
 
 
 def main() -> None:

@@ -206,6 +206,25 @@ class EvaluateConfig(_Section):
         return self
 
 
+class PromoteConfig(_Section):
+    """The promotion gate's rules (components/promotion.py) and where it records them."""
+
+    model_name: str = Field("image-classifier", min_length=1)  # MLflow registered model
+    min_accuracy: float = Field(0.9, ge=0, le=1)  # floor on the shipped test accuracy
+    min_slice_accuracy: float = Field(0.8, ge=0, le=1)  # floor on every slice ...
+    min_slice_items: int = Field(10, ge=1)  # ... with at least this many items
+    alpha: float = Field(0.05, gt=0, lt=1)  # one-sided exact McNemar, paired test items
+    require_improvement: bool = False  # True: significantly better, not just no worse
+    min_paired_items: int = Field(
+        30, ge=1
+    )  # fewer shared items: cannot compare, reject
+    ledger: str = "ledger/promotions.jsonl"  # append-only; one JSON line per decision
+    lock_timeout_s: float = Field(60.0, gt=0)  # wait for a concurrent promotion
+    lock_stale_s: float = Field(
+        600.0, gt=0
+    )  # a lock older than this is a crashed run's
+
+
 SectionT = TypeVar("SectionT", bound=_Section)
 
 

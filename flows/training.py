@@ -7,6 +7,7 @@ names one. Retries go on I/O stages only (ingest reads remote storage); training
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, task
 
@@ -15,6 +16,7 @@ from components.config import (
     CompressConfig,
     EvaluateConfig,
     IngestConfig,
+    PromoteConfig,
     TrainConfig,
     TuneConfig,
     ValidateConfig,
@@ -22,6 +24,7 @@ from components.config import (
 )
 from components.evaluate import evaluate
 from components.ingest import ingest
+from components.registry import promote
 from components.tune import tune
 from components.validate import DataValidationError, validate
 
@@ -30,14 +33,16 @@ validate_task = task(name="validate")(validate)
 train_task = task(name="train")(tune)  # a plain run when tune.num_samples is 1
 compress_task = task(name="compress")(compress)
 evaluate_task = task(name="evaluate")(evaluate)
+promote_task = task(name="promote")(promote)
 
 
 @flow(name="training")
 def training(
     params_path: Path = Path("params.yaml"), root: Path = Path(".")
-) -> dict[str, float]:
-    """ingest -> validate (gate) -> train -> compress (budget gate) -> evaluate; returns
-    the test metrics."""
+) -> dict[str, Any]:
+    """ingest -> validate (gate) -> train -> compress (budget gate) -> evaluate -> promote
+    (gate); returns the test metrics with the promotion decision. A rejection is an
+    outcome, not a failure; a registry error fails the run (nothing promoted)."""
     data_dir = root / "data/dataset"
     dataset = ingest_task(
         load_params("ingest", IngestConfig, params_path), out_dir=data_dir
@@ -70,7 +75,13 @@ def training(
         data_dir=dataset.out_dir,
         report_dir=root / "reports/evaluation",
     )
-    return evaluation.metrics
+    promotion = promote_task(
+        load_params("promote", PromoteConfig, params_path),
+        evaluation_dir=evaluation.report_dir,
+        shipped_dir=compressed.model_dir,
+        report_path=root / "reports/promotion.json",
+    )
+    return {**evaluation.metrics, "promotion": promotion.decision}
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def test_dvc_repro_end_to_end_then_gate_and_recover(project, tmp_path: Path) -> 
     )
     params = yaml.safe_load(TINY_PARAMS.read_text())
     params["ingest"]["source"] = str(source)
+    params["promote"]["model_name"] = f"e2e-{tmp_path.name}"  # its own registry entry
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     git_commit(project, "tiny")
 
@@ -59,6 +60,11 @@ def test_dvc_repro_end_to_end_then_gate_and_recover(project, tmp_path: Path) -> 
     assert "test_accuracy" in json.dumps(shown)
     assert "size_ratio" in json.dumps(shown)  # compress's summary, beside evaluate's
     assert (project / "models/compressed/model.onnx").is_file()
+    promotion = json.loads((project / "reports/promotion.json").read_text())
+    assert promotion["decision"] == "promoted"  # the first model: floors alone
+    assert promotion["champion_before"] is None and promotion["reasons"]
+    ledger = (project / "ledger/promotions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["action"] for line in ledger] == ["promoted"]
     assert "Stage 'train' didn't change" in run(["dvc", "repro"], project, env).stdout
     git_commit(project, "good run")
     good_hash = json.loads((project / "data/dataset/dataset.json").read_text())[

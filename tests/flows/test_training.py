@@ -30,7 +30,9 @@ def test_flow_runs_every_stage_on_rgb_photos(
     source = make_image_folder(
         tmp_path / "photos", rgb=True, vary_size=True, size=(24, 32)
     )
-    params = tiny_params(tmp_path, ingest={"source": str(source)})
+    params = tiny_params(tmp_path, ingest={"source": str(source)},
+                         promote={"model_name": f"flow-{tmp_path.name}",
+                                  "ledger": str(tmp_path / "ledger.jsonl")})  # fmt: skip
     mlflow.set_tracking_uri(mlflow_uri)
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         state = training(params_path=params, root=tmp_path, return_state=True)
@@ -41,6 +43,8 @@ def test_flow_runs_every_stage_on_rgb_photos(
     mlflow.set_tracking_uri(None)
     assert {"test_accuracy", "compress_size_ratio", "compress_accuracy"} <= set(logged)
     metrics = state.result()
+    promotion = json.loads((tmp_path / "reports/promotion.json").read_text())
+    assert metrics.pop("promotion") == promotion["decision"]
     assert metrics == json.loads(
         (tmp_path / "reports/evaluation/metrics.json").read_text()
     )
@@ -49,7 +53,7 @@ def test_flow_runs_every_stage_on_rgb_photos(
     run = next(r for r in flow_runs if r.id == state.state_details.flow_run_id)
     assert run.state.is_completed()
     names = {t.name.rsplit("-", 1)[0] for t in task_runs if t.flow_run_id == run.id}
-    assert names == {"ingest", "validate", "train", "compress", "evaluate"}
+    assert names == {"ingest", "validate", "train", "compress", "evaluate", "promote"}
     shipped = json.loads((tmp_path / "reports/compression.json").read_text())["shipped"]
     assert (tmp_path / "models/compressed/model.onnx").is_file()
     assert json.loads((tmp_path / "models/compressed/variant.json").read_text()) == {

@@ -1,0 +1,156 @@
+"""promote and rollback against a real MLflow server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+import components.registry as registry
+from components.config import PromoteConfig
+from components.registry import RegistryError, promote, rollback
+
+pytestmark = pytest.mark.slow
+ITEMS = 60
+
+
+def _candidate(root: Path, name: str, errors: int) -> tuple[Path, Path]:
+    """A finished training run on the server as evaluate and compress leave it: the
+    evaluation files and the shipped model logged on it, lineage naming it."""
+    evaluation, shipped = root / name / "evaluation", root / name / "compressed"
+    evaluation.mkdir(parents=True)
+    shipped.mkdir(parents=True)
+    wrong = set(range(0, ITEMS, ITEMS // errors)) if errors else set()
+    correct = [i not in wrong for i in range(ITEMS)]
+    pd.DataFrame({"sha256": [f"item-{i}" for i in range(ITEMS)], "correct": correct}
+                 ).to_parquet(evaluation / "predictions.parquet")  # fmt: skip
+    accuracy = sum(correct) / ITEMS
+    (evaluation / "metrics.json").write_text(json.dumps({"test_accuracy": accuracy}))
+    (evaluation / "slices.json").write_text(
+        json.dumps({"brightness:low": {"accuracy": accuracy, "count": ITEMS}})
+    )
+    (shipped / "model.onnx").write_bytes(b"onnx bytes")
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.log_artifacts(str(evaluation), artifact_path="evaluation")
+        mlflow.log_artifacts(str(shipped), artifact_path="compression")
+    (shipped / "lineage.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id,
+                                                      "git_commit": "abc"}))  # fmt: skip
+    return evaluation, shipped
+
+
+@pytest.fixture
+def gate(mlflow_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("registry-tests")
+    cfg = PromoteConfig(model_name=f"m-{tmp_path.name}", min_accuracy=0.8,
+                        min_slice_accuracy=0.5, min_slice_items=5, alpha=0.05,
+                        min_paired_items=20, ledger=str(tmp_path / "ledger.jsonl"),
+                        lock_timeout_s=30)  # fmt: skip
+    yield cfg
+    mlflow.set_tracking_uri(None)
+
+
+def _promote(cfg: PromoteConfig, root: Path, name: str, errors: int):
+    evaluation, shipped = _candidate(root, name, errors)
+    return promote(cfg, evaluation_dir=evaluation, shipped_dir=shipped,
+                   report_path=root / name / "promotion.json")  # fmt: skip
+
+
+def _ledger(cfg: PromoteConfig) -> list[dict]:
+    return [json.loads(line) for line in Path(cfg.ledger).read_text().splitlines()]
+
+
+def test_promote_reject_and_rollback(gate: PromoteConfig, tmp_path: Path) -> None:
+    client = mlflow.MlflowClient()
+    first = _promote(gate, tmp_path, "first", errors=2)
+    assert (first.decision, first.champion_before, first.champion_after) == (
+        "promoted", None, first.candidate_version)  # fmt: skip
+    report = json.loads((tmp_path / "first" / "promotion.json").read_text())
+    assert report["decision"] == "promoted" and report["reasons"]
+
+    worse = _promote(gate, tmp_path, "worse", errors=12)  # 0.8 accuracy, 10 more wrong
+    assert worse.decision == "rejected"
+    assert any("significantly worse" in reason for reason in worse.reasons)
+    assert worse.champion_after == first.candidate_version
+    tags = client.get_model_version(gate.model_name, worse.candidate_version).tags
+    assert tags["promotion.decision"] == "rejected"
+    assert "significantly worse" in tags["promotion.reasons"]
+
+    second = _promote(gate, tmp_path, "second", errors=2)
+    assert second.decision == "promoted"
+    champion = client.get_model_version_by_alias(gate.model_name, "champion")
+    previous = client.get_model_version_by_alias(gate.model_name, "previous")
+    assert (champion.version, previous.version) == (second.candidate_version,
+                                                    first.candidate_version)  # fmt: skip
+
+    back = rollback(gate)
+    assert (back.champion_before, back.champion_after) == (
+        second.candidate_version, first.candidate_version)  # fmt: skip
+    champion = client.get_model_version_by_alias(gate.model_name, "champion")
+    assert champion.version == first.candidate_version
+
+    actions = [entry["action"] for entry in _ledger(gate)]
+    assert actions == ["promoted", "rejected", "promoted", "rollback"]
+    assert all(entry["actor"] and entry["time"] for entry in _ledger(gate))
+
+
+def test_registry_down_fails_closed(
+    gate: PromoteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluation, shipped = _candidate(tmp_path, "candidate", errors=1)
+    from tests.servers import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    mlflow.set_tracking_uri(dead)
+    report = tmp_path / "promotion.json"
+    with pytest.raises(RegistryError, match="nothing promoted"):
+        promote(
+            gate, evaluation_dir=evaluation, shipped_dir=shipped, report_path=report
+        )
+    assert not report.exists() and not Path(gate.ledger).exists()
+
+
+def test_two_racing_promotions_one_wins(
+    gate: PromoteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _promote(gate, tmp_path, "base", errors=2)
+    # Both gates read the same champion and decide before either moves the alias.
+    barrier = threading.Barrier(2, timeout=60)
+    real_decide = registry.decide
+
+    def decide_together(*args, **kwargs):
+        decision = real_decide(*args, **kwargs)
+        barrier.wait()
+        return decision
+
+    monkeypatch.setattr(registry, "decide", decide_together)
+    candidates = [_candidate(tmp_path, f"racer-{i}", errors=2) for i in range(2)]
+    results: list = [None, None]
+
+    def run(index: int) -> None:
+        evaluation, shipped = candidates[index]
+        results[index] = promote(gate, evaluation_dir=evaluation, shipped_dir=shipped,
+                                 report_path=tmp_path / f"race-{index}.json")  # fmt: skip
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    decisions = sorted(result.decision for result in results)
+    assert decisions == ["promoted", "rejected"]
+    winner = next(r for r in results if r.decision == "promoted")
+    loser = next(r for r in results if r.decision == "rejected")
+    assert "concurrent promotion won" in loser.reasons[0]
+    champion = mlflow.MlflowClient().get_model_version_by_alias(
+        gate.model_name, "champion"
+    )
+    assert champion.version == winner.candidate_version
