@@ -156,6 +156,9 @@ def promote(
     report: Annotated[Path, typer.Option(help="Where the decision is written.")] = Path(
         "reports/promotion.json"
     ),
+    dry_run: Annotated[
+        bool, typer.Option(help="Decide and report; register and move nothing (PRs).")
+    ] = False,
     params: Params = DEFAULT_PARAMS,
 ) -> None:
     """The promotion gate: register the version, move `champion` if it passes; exit 1 on
@@ -166,7 +169,7 @@ def promote(
     cfg = load_params("promote", PromoteConfig, params)
     try:
         result = run(cfg, evaluation_dir=evaluation_dir, shipped_dir=shipped_dir,
-                     report_path=report)  # fmt: skip
+                     report_path=report, dry_run=dry_run)  # fmt: skip
     except RegistryError as error:
         typer.echo(f"promotion FAILED CLOSED: {error}", err=True)
         raise typer.Exit(code=3) from None
@@ -174,7 +177,7 @@ def promote(
                f"(champion {result.champion_before} -> {result.champion_after})")  # fmt: skip
     for reason in result.reasons:
         typer.echo(f"  - {reason}")
-    if result.decision != "promoted":
+    if not result.decision.endswith("promoted"):  # "rejected", "would be rejected"
         raise typer.Exit(code=1)
 
 

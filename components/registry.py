@@ -58,9 +58,15 @@ class PromotionResult:
 
 
 def promote(
-    cfg: PromoteConfig, *, evaluation_dir: Path, shipped_dir: Path, report_path: Path
+    cfg: PromoteConfig,
+    *,
+    evaluation_dir: Path,
+    shipped_dir: Path,
+    report_path: Path,
+    dry_run: bool = False,
 ) -> PromotionResult:
-    """Judge the evaluated shipped variant against the champion and apply the decision."""
+    """Judge the evaluated shipped variant against the champion and apply the decision
+    (with `dry_run`, as a pull request's check does: decide and report, change nothing)."""
     candidate = read_evidence(evaluation_dir)
     lineage = read_json(shipped_dir / LINEAGE_FILE)
     run_id = lineage.get("mlflow_run_id")
@@ -71,11 +77,14 @@ def promote(
         before = _alias_version(client, cfg.model_name, CHAMPION)
         champion = _champion_evidence(client, cfg.model_name, before)
         decision = decide(candidate, champion, cfg)
-        version = _register(client, cfg.model_name, run_id, lineage)
-        after, decision = _apply(client, cfg, version, before, decision)
-        _tag_decision(client, cfg.model_name, version, decision, before)
+        version, after = None, before
+        if not dry_run:
+            version = _register(client, cfg.model_name, run_id, lineage)
+            after, decision = _apply(client, cfg, version, before, decision)
+            _tag_decision(client, cfg.model_name, version, decision, before)
+    verdict = "promoted" if decision.promote else "rejected"
     result = PromotionResult(
-        decision="promoted" if decision.promote else "rejected",
+        decision=f"would be {verdict}" if dry_run else verdict,
         reasons=decision.reasons,
         champion_before=before,
         champion_after=after,
@@ -83,8 +92,10 @@ def promote(
         run_id=run_id,
         comparison=asdict(decision.comparison) if decision.comparison else None,
     )
-    append_ledger(Path(cfg.ledger), {"action": result.decision, "model": cfg.model_name,
-                                     **asdict(result), "lineage": lineage})  # fmt: skip
+    if not dry_run:
+        append_ledger(Path(cfg.ledger), {"action": result.decision,
+                                         "model": cfg.model_name, **asdict(result),
+                                         "lineage": lineage})  # fmt: skip
     write_json(report_path, asdict(result))
     return result
 

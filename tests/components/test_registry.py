@@ -73,6 +73,14 @@ def test_promote_reject_and_rollback(gate: PromoteConfig, tmp_path: Path) -> Non
     report = json.loads((tmp_path / "first" / "promotion.json").read_text())
     assert report["decision"] == "promoted" and report["reasons"]
 
+    evaluation, shipped = _candidate(tmp_path, "dry", errors=12)
+    versions = len(client.search_model_versions(f"name='{gate.model_name}'"))
+    dry = promote(gate, evaluation_dir=evaluation, shipped_dir=shipped,
+                  report_path=tmp_path / "dry.json", dry_run=True)  # fmt: skip
+    assert dry.decision == "would be rejected" and dry.candidate_version is None
+    assert len(client.search_model_versions(f"name='{gate.model_name}'")) == versions
+    assert len(_ledger(gate)) == 1  # a dry run records nothing
+
     worse = _promote(gate, tmp_path, "worse", errors=12)  # 0.8 accuracy, 10 more wrong
     assert worse.decision == "rejected"
     assert any("significantly worse" in reason for reason in worse.reasons)
