@@ -11,6 +11,7 @@ from components.config import (
     EvaluateConfig,
     IngestConfig,
     ParamsError,
+    PromoteConfig,
     TrainConfig,
     TuneConfig,
     ValidateConfig,
@@ -26,6 +27,7 @@ SECTIONS = {
     "tune": TuneConfig,
     "compress": CompressConfig,
     "evaluate": EvaluateConfig,
+    "promote": PromoteConfig,
 }
 
 
