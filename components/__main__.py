@@ -10,9 +10,11 @@ import typer
 
 from components.config import (
     DEFAULT_PARAMS,
+    CardConfig,
     CompressConfig,
     EvaluateConfig,
     IngestConfig,
+    MonitorConfig,
     ParamsError,
     PromoteConfig,
     TrainConfig,
@@ -129,20 +131,101 @@ def evaluate(
     ] = Path("models/compressed"),
     data_dir: DataDir = Path("data/dataset"),
     report_dir: OutDir = Path("reports/evaluation"),
+    reference_dir: Annotated[
+        Path, typer.Option(help="Where the drift monitor's reference is written.")
+    ] = Path("reports/reference"),
     params: Params = DEFAULT_PARAMS,
 ) -> None:
     """Score the shipped variant and the fp32 candidate on the test split: per class and
-    slice, calibration, latency, behavioural checks, per-item predictions."""
+    slice, calibration, latency, behavioural checks, per-item predictions; write the drift
+    reference."""
     from components.evaluate import evaluate as run
 
     cfg = load_params("evaluate", EvaluateConfig, params)
     result = run(cfg, model_dir=model_dir, shipped_dir=shipped_dir, data_dir=data_dir,
-                 report_dir=report_dir)  # fmt: skip
+                 report_dir=report_dir, reference_dir=reference_dir)  # fmt: skip
     metrics = result.metrics
     typer.echo(
         f"{metrics['variant']}: test_accuracy {metrics['test_accuracy']:.4f} "
         f"(fp32 {metrics['fp32_test_accuracy']:.4f}), ECE {metrics['ece']:.4f}"
     )
+
+
+@app.command()
+def card(
+    model_dir: ModelDir = Path("models/candidate"),
+    shipped_dir: Annotated[Path, typer.Option(help="The shipped variant.")] = Path(
+        "models/compressed"
+    ),
+    data_dir: DataDir = Path("data/dataset"),
+    validation_dir: Annotated[Path, typer.Option(help="validate's reports.")] = Path(
+        "reports/validation"
+    ),
+    compression_report: Annotated[
+        Path, typer.Option(help="compress's report (its .png beside it).")
+    ] = Path("reports/compression.json"),
+    evaluation_dir: Annotated[Path, typer.Option(help="evaluate's reports.")] = Path(
+        "reports/evaluation"
+    ),
+    reference_dir: Annotated[Path, typer.Option(help="The drift reference.")] = Path(
+        "reports/reference"
+    ),
+    out: Annotated[
+        Path, typer.Option(help="The card (Markdown; .html beside it).")
+    ] = Path("reports/model_card.md"),
+    params: Params = DEFAULT_PARAMS,
+) -> None:
+    """The model card, from lineage and every earlier stage's reports."""
+    from components.card import CardInputs
+    from components.card import card as run
+
+    cfg = load_params("card", CardConfig, params)
+    inputs = CardInputs(model_dir=model_dir, shipped_dir=shipped_dir, data_dir=data_dir,
+                        validation_dir=validation_dir, compression_report=compression_report,
+                        evaluation_dir=evaluation_dir, reference_dir=reference_dir,
+                        params_path=params)  # fmt: skip
+    result = run(cfg, inputs, out)
+    typer.echo(f"model card: {result.markdown_path}, {result.html_path}")
+
+
+@app.command()
+def monitor(
+    reference_dir: Annotated[
+        Path, typer.Option(help="evaluate's drift reference.")
+    ] = Path("reports/reference"),
+    model_dir: ModelDir = Path("models/candidate"),
+    data_dir: DataDir = Path("data/dataset"),
+    report_dir: OutDir = Path("reports/drift"),
+    current: Annotated[
+        str | None,
+        typer.Option(help="Overrides monitor.current (folder, s3://, split:)."),
+    ] = None,
+    fail_on_drift: Annotated[
+        bool, typer.Option(help="Exit 1 when the batch drifted (a CI or cron gate).")
+    ] = False,
+    params: Params = DEFAULT_PARAMS,
+) -> None:
+    """Judge a batch of images for drift against the reference; alert on drift. Exit 2 when
+    the batch cannot be judged, 4 when the alert could not be delivered."""
+    from components.images import ImageReadError
+    from components.monitor import AlertError, MonitorInputError
+    from components.monitor import monitor as run
+
+    cfg = load_params("monitor", MonitorConfig, params)
+    try:
+        result = run(cfg, reference_dir=reference_dir, model_dir=model_dir,
+                     report_dir=report_dir, data_dir=data_dir, current=current)  # fmt: skip
+    except (MonitorInputError, ImageReadError) as error:
+        typer.echo(f"monitor: cannot judge the batch: {error}", err=True)
+        raise typer.Exit(code=2) from None
+    except AlertError as error:
+        typer.echo(f"monitor: {error} (reports are written)", err=True)
+        raise typer.Exit(code=4) from None
+    verdict = "DRIFT" if result.drift_detected else "no drift"
+    typer.echo(f"{verdict} on {result.images} images: share {result.drift_share:.3f}, "
+               f"drifted {result.drifted}; {result.rule}")  # fmt: skip
+    if result.drift_detected and fail_on_drift:
+        raise typer.Exit(code=1)
 
 
 @app.command()

@@ -195,6 +195,9 @@ class EvaluateConfig(_Section):
     brightness_delta: float = Field(0.03, gt=0)  # on [0, 1] pixels, the same
     threads: int = Field(1, ge=1)  # ONNX Runtime threads
     latency_runs: int = Field(200, ge=1)
+    # The drift reference (reports/reference/): the embedding is projected on this many
+    # principal axes of the reference's own embeddings.
+    reference_dims: int = Field(8, ge=1)
 
     @model_validator(mode="after")
     def _quantiles_ordered(self) -> EvaluateConfig:
@@ -223,6 +226,45 @@ class PromoteConfig(_Section):
     lock_stale_s: float = Field(
         600.0, gt=0
     )  # a lock older than this is a crashed run's
+
+
+class CardConfig(_Section):
+    """What the model card says that no file can: who owns the model and what it is for.
+    The rest of the card is filled from lineage and the reports."""
+
+    title: str = Field("Image classifier", min_length=1)
+    owners: list[str] = Field(default_factory=list)
+    license: str = "proprietary"
+    intended_use: str = Field("", description="the primary intended use")
+    intended_users: list[str] = Field(default_factory=list)
+    out_of_scope: list[str] = Field(default_factory=list)
+    limitations: list[str] = Field(default_factory=list)
+    ethical_considerations: list[str] = Field(default_factory=list)
+    # Stated power, turned into energy with the CPU and GPU seconds train measured: a
+    # core busy at 100% and a GPU held by a worker, in watts; grid carbon intensity.
+    cpu_watts_per_core: float = Field(12.0, gt=0)
+    gpu_watts: float = Field(300.0, gt=0)
+    grid_gco2_per_kwh: float = Field(400.0, ge=0)
+
+
+class MonitorConfig(_Section):
+    """The drift monitor (components/monitor.py): which batch, and how it is judged."""
+
+    # split:<name> (a split of the ingested dataset, unlabelled), a folder of images, or
+    # s3://bucket/prefix (every image under it; at scale, the inference log's prefix).
+    current: str = Field("split:val", min_length=1)
+    # Family-wise false-alarm rate per batch: each feature's test runs at alpha / features
+    # (Bonferroni), so testing many features does not raise the rate of false alarms.
+    alpha: float = Field(0.05, gt=0, lt=1)
+    min_images: int = Field(100, ge=10)  # a smaller batch is an error, not "no drift"
+    batch_size: int = Field(512, ge=1)
+    model_name: str = Field("image-classifier", min_length=1)  # labels metrics, alerts
+    # Evidently workspace (a folder, or http://host:port for a remote `evidently ui`).
+    workspace: str = "monitoring/workspace"
+    project: str = Field("image-classifier drift", min_length=1)
+    # Names of environment variables, never the secrets themselves.
+    webhook_env: str = "DRIFT_WEBHOOK_URL"  # Slack-style incoming webhook
+    pushgateway_env: str = "PROMETHEUS_PUSHGATEWAY"  # host:port of a Pushgateway
 
 
 SectionT = TypeVar("SectionT", bound=_Section)

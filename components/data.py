@@ -61,6 +61,13 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
 
 
 def to_tensor(path: Path, spec: ModelSpec) -> torch.Tensor:
+    """The model's input: `to_pixels`, normalised with the training mean and std."""
+    return (torch.from_numpy(to_pixels(path, spec)) - spec.mean) / spec.std
+
+
+def to_pixels(path: Path, spec: ModelSpec) -> np.ndarray:
+    """The image as the model sees it before normalisation: resized to the spec, (C, H, W)
+    float32 in [0, 1]. Raises ImageReadError naming the file."""
     image = decode(path, channels=spec.in_channels, max_pixels=_MAX_PIXELS)
     if image.size != (spec.image_size, spec.image_size):
         image = image.resize(
@@ -69,4 +76,4 @@ def to_tensor(path: Path, spec: ModelSpec) -> torch.Tensor:
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     # (H, W) grey or (H, W, C) colour -> (C, H, W)
     pixels = pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    return (torch.from_numpy(np.ascontiguousarray(pixels)) - spec.mean) / spec.std
+    return np.ascontiguousarray(pixels)

@@ -20,6 +20,8 @@ from sklearn.metrics import (
 
 from components.config import EvaluateConfig
 from components.data import ImageDataset, read_split
+from components.drift_features import write_reference
+from components.ingest import DATASET_JSON
 from components.io import atomic_dir, read_json, write_json
 from components.model import ModelSpec, load_model
 from components.onnx_model import OnnxModel, median_latency_ms
@@ -53,9 +55,11 @@ def evaluate(
     data_dir: Path,
     report_dir: Path,
     shipped_dir: Path | None = None,
+    reference_dir: Path | None = None,
 ) -> EvaluateResult:
     """Score the shipped variant in `shipped_dir` (its model.onnx; the candidate itself when
-    None) and the fp32 candidate in `model_dir` on the test split; write under `report_dir`."""
+    None) and the fp32 candidate in `model_dir` on the test split; write under `report_dir`,
+    and the drift monitor's reference (features of the test split) under `reference_dir`."""
     candidate, spec = load_model(model_dir)
     rows = read_split(data_dir, "test")
     dataset = ImageDataset(data_dir, rows, spec)
@@ -117,11 +121,24 @@ def evaluate(
         )
         _plot_confusion(staging / CONFUSION_PNG, labels, shipped.predicted, spec)
         _plot_reliability(staging / RELIABILITY_PNG, bins, ece, variant)
+        if reference_dir is not None:
+            with atomic_dir(reference_dir) as reference_staging:
+                write_reference(
+                    candidate, spec, images * spec.std + spec.mean, reference_staging,
+                    dims=cfg.reference_dims,
+                    description={"split": "test", "data_dir": str(data_dir),
+                                 "dataset_content_hash": _content_hash(data_dir),
+                                 "model_dir": str(model_dir)},
+                )  # fmt: skip
         run_id = training_run(model_dir)
         if run_id:
             numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
             log_results(run_id, numeric, [staging], artifact_path="evaluation")
     return EvaluateResult(report_dir=report_dir, metrics=metrics)
+
+
+def _content_hash(data_dir: Path) -> str:
+    return str(read_json(data_dir / DATASET_JSON)["content_hash"])
 
 
 def _torch_logits(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:

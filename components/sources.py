@@ -114,6 +114,23 @@ def _download_s3(uri: str, images_dir: Path) -> None:
         client.download_file(bucket, key, str(target))
 
 
+def download_unlabelled(uri: str, target: Path) -> list[Path]:
+    """Download every object under `s3://bucket/prefix` (any depth, no class folders: the
+    monitor's current batch) into `target`, keeping the key's relative path."""
+    client, prefix, items = _list_s3(uri)
+    bucket = uri.removeprefix("s3://").partition("/")[0]
+    paths = []
+    for item in sorted(items, key=lambda entry: str(entry["Key"])):
+        relative = PurePosixPath(item["Key"][len(prefix) :])
+        if any(part in ("", ".", "..") for part in relative.parts):
+            raise SourceError(f"s3://{bucket}/{item['Key']}: path leaves the prefix")
+        path = target / Path(*relative.parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, item["Key"], str(path))
+        paths.append(path)
+    return paths
+
+
 def _list_s3(uri: str) -> tuple[Any, str, list[dict[str, Any]]]:
     import boto3  # imported here: only this source needs it
 

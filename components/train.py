@@ -24,7 +24,13 @@ from components.tracking import (
     mlflow_run,
     tracking_uri,
 )
-from components.train_loop import CHECKPOINT_FILE, TARGET_METRIC, train_loop_per_worker
+from components.train_loop import (
+    CHECKPOINT_FILE,
+    CPU_SECONDS,
+    GPU_SECONDS,
+    TARGET_METRIC,
+    train_loop_per_worker,
+)
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
@@ -106,12 +112,17 @@ def write_candidate(
     """Weights, spec, metrics, history and lineage to `out_dir` (atomically), and the
     summary and files to the MLflow run."""
     best_row = state["history"][-1]  # the checkpoint's own epoch
+    compute = (CPU_SECONDS, GPU_SECONDS)
     metrics = {
         "epochs_trained": float(len(state["full_history"])),
         "resumes": float(len(resumes)),
         "best_epoch": best_row["epoch"],
-        **{key: float(value) for key, value in best_row.items() if key != "epoch"},
-    }
+        **{key: float(value) for key, value in best_row.items()
+           if key != "epoch" and key not in compute},
+        # The whole run's compute (every epoch trained, not only up to the best one).
+        **{f"train_{key}": float(sum(row.get(key, 0.0) for row in state["full_history"]))
+           for key in compute},
+    }  # fmt: skip
     with atomic_dir(out_dir) as staging:
         model = build_model(spec)
         model.load_state_dict(state["model"])

@@ -30,6 +30,9 @@ from components.model import ModelSpec, build_model
 CHECKPOINT_FILE = "checkpoint.pt"
 TARGET_METRIC = "val_accuracy"
 REPORTED_AT = "reported_at"
+# Per-epoch compute, summed over workers (history only; metrics.json holds the run's totals).
+CPU_SECONDS = "cpu_seconds"
+GPU_SECONDS = "gpu_seconds"
 
 
 @dataclass(frozen=True)
@@ -95,11 +98,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
+        cpu_start, wall_start = time.process_time(), time.perf_counter()
         train_loss, train_accuracy = run_epoch(
             model, train_loader, precision, optimizer
         )
         scheduler.step()
         val_loss, val_accuracy = run_epoch(model, val_loader, precision)
+        cpu_seconds, gpu_seconds = _epoch_compute(
+            cpu_start, wall_start, precision.device
+        )
         metrics = {
             "epoch": float(epoch),
             "lr": float(scheduler.get_last_lr()[0]),
@@ -107,6 +114,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             "train_accuracy": train_accuracy,
             "val_loss": val_loss,
             TARGET_METRIC: val_accuracy,
+            CPU_SECONDS: cpu_seconds,
+            GPU_SECONDS: gpu_seconds,
         }
         history.append(metrics)
         state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -196,6 +205,18 @@ def _sum_across_workers(values: torch.Tensor, device: torch.device) -> torch.Ten
     on_device = values.to(device)  # nccl reduces GPU tensors only
     dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
     return on_device.cpu()
+
+
+def _epoch_compute(
+    cpu_start: float, wall_start: float, device: torch.device
+) -> tuple[float, float]:
+    """This epoch's compute summed over all workers: process CPU seconds, and GPU seconds
+    (wall time of each worker holding a GPU; busy or not, it draws power). The model card
+    turns them into energy with the power stated in params.card."""
+    gpu = time.perf_counter() - wall_start if device.type == "cuda" else 0.0
+    used = torch.tensor([time.process_time() - cpu_start, gpu], dtype=torch.float64)
+    total = _sum_across_workers(used, device)
+    return float(total[0]), float(total[1])
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -11,8 +11,10 @@ from typing import Any
 
 from prefect import flow, task
 
+from components.card import CardInputs, card
 from components.compress import compress
 from components.config import (
+    CardConfig,
     CompressConfig,
     EvaluateConfig,
     IngestConfig,
@@ -33,6 +35,7 @@ validate_task = task(name="validate")(validate)
 train_task = task(name="train")(tune)  # a plain run when tune.num_samples is 1
 compress_task = task(name="compress")(compress)
 evaluate_task = task(name="evaluate")(evaluate)
+card_task = task(name="card")(card)
 promote_task = task(name="promote")(promote)
 
 
@@ -40,8 +43,8 @@ promote_task = task(name="promote")(promote)
 def training(
     params_path: Path = Path("params.yaml"), root: Path = Path(".")
 ) -> dict[str, Any]:
-    """ingest -> validate (gate) -> train -> compress (budget gate) -> evaluate -> promote
-    (gate); returns the test metrics with the promotion decision. A rejection is an
+    """ingest -> validate (gate) -> train -> compress (budget gate) -> evaluate -> card ->
+    promote (gate); returns the test metrics with the promotion decision. A rejection is an
     outcome, not a failure; a registry error fails the run (nothing promoted)."""
     data_dir = root / "data/dataset"
     dataset = ingest_task(
@@ -74,7 +77,17 @@ def training(
         shipped_dir=compressed.model_dir,
         data_dir=dataset.out_dir,
         report_dir=root / "reports/evaluation",
+        reference_dir=root / "reports/reference",
     )
+    card_task(
+        load_params("card", CardConfig, params_path),
+        CardInputs(model_dir=candidate.model_dir, shipped_dir=compressed.model_dir,
+                   data_dir=dataset.out_dir, validation_dir=root / "reports/validation",
+                   compression_report=root / "reports/compression.json",
+                   evaluation_dir=evaluation.report_dir,
+                   reference_dir=root / "reports/reference", params_path=params_path),
+        out_path=root / "reports/model_card.md",
+    )  # fmt: skip
     promotion = promote_task(
         load_params("promote", PromoteConfig, params_path),
         evaluation_dir=evaluation.report_dir,

@@ -7,9 +7,11 @@ import pytest
 import yaml
 
 from components.config import (
+    CardConfig,
     CompressConfig,
     EvaluateConfig,
     IngestConfig,
+    MonitorConfig,
     ParamsError,
     PromoteConfig,
     TrainConfig,
@@ -28,6 +30,8 @@ SECTIONS = {
     "compress": CompressConfig,
     "evaluate": EvaluateConfig,
     "promote": PromoteConfig,
+    "card": CardConfig,
+    "monitor": MonitorConfig,
 }
 
 

@@ -53,7 +53,12 @@ def test_flow_runs_every_stage_on_rgb_photos(
     run = next(r for r in flow_runs if r.id == state.state_details.flow_run_id)
     assert run.state.is_completed()
     names = {t.name.rsplit("-", 1)[0] for t in task_runs if t.flow_run_id == run.id}
-    assert names == {"ingest", "validate", "train", "compress", "evaluate", "promote"}
+    assert names == {"ingest", "validate", "train", "compress", "evaluate", "card",
+                     "promote"}  # fmt: skip
+    assert (
+        "## Quantitative analyses" in (tmp_path / "reports/model_card.md").read_text()
+    )
+    assert (tmp_path / "reports/reference/features.parquet").is_file()
     shipped = json.loads((tmp_path / "reports/compression.json").read_text())["shipped"]
     assert (tmp_path / "models/compressed/model.onnx").is_file()
     assert json.loads((tmp_path / "models/compressed/variant.json").read_text()) == {

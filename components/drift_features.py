@@ -1,0 +1,176 @@
+"""The features the drift monitor compares, one row per image.
+
+Three kinds, because shifts show in different places:
+- image statistics (brightness, contrast, sharpness, entropy): cheap, and they say *what*
+  changed in words an operator understands;
+- the model's embedding (its penultimate layer), projected on principal axes fitted on the
+  reference: shifts the statistics miss;
+- the model's outputs (the softmax per class, the confidence, the predicted class). Rabanser et
+  al., "Failing Loudly" (2019), found two-sample tests on the softmax outputs the best of the
+  detectors they compared, so these are never left out.
+
+evaluate writes the reference (`write_reference`, on the test split: held out, so the model's
+confidence there is what unseen data gets); the monitor computes the same features on the
+current batch (`features`) with the projection stored beside the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.decomposition import PCA
+
+from components.data import to_pixels
+from components.io import write_json
+from components.model import ModelSpec
+
+FEATURES_FILE = "features.parquet"
+PROJECTION_FILE = "projection.npz"
+REFERENCE_JSON = "reference.json"
+PREDICTED_CLASS = "predicted_class"
+STATISTICS = ("brightness", "contrast", "sharpness", "entropy")
+_ENTROPY_BINS = 32
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Principal axes of the reference embeddings (PCA fitted on the reference only)."""
+
+    mean: np.ndarray
+    components: np.ndarray  # (dims, embedding width)
+
+    def apply(self, embeddings: np.ndarray) -> np.ndarray:
+        projected: np.ndarray = (embeddings - self.mean) @ self.components.T
+        return projected
+
+    def save(self, path: Path) -> None:
+        np.savez(path, mean=self.mean, components=self.components)
+
+    @classmethod
+    def load(cls, path: Path) -> Projection:
+        with np.load(path) as stored:
+            return cls(mean=stored["mean"], components=stored["components"])
+
+
+def load_pixels(paths: list[Path], spec: ModelSpec) -> np.ndarray:
+    """(N, C, H, W) float32 in [0, 1], resized as the model sees them; an unreadable file
+    raises ImageReadError naming it."""
+    if not paths:
+        return np.zeros((0, spec.in_channels, spec.image_size, spec.image_size), "f4")
+    return np.stack([to_pixels(path, spec) for path in paths])
+
+
+def features(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    pixels: np.ndarray,
+    projection: Projection,
+    batch_size: int = 512,
+) -> pd.DataFrame:
+    """Statistics, projected embedding and outputs of every image in `pixels`."""
+    embeddings, probabilities = _model_outputs(model, spec, pixels, batch_size)
+    return _frame(pixels, projection.apply(embeddings), probabilities, spec)
+
+
+def write_reference(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    pixels: np.ndarray,
+    out_dir: Path,
+    *,
+    dims: int,
+    description: dict[str, object],
+) -> pd.DataFrame:
+    """Fit the projection on these images' embeddings and write the reference features,
+    the projection and a description (what data, which model) to `out_dir`."""
+    embeddings, probabilities = _model_outputs(model, spec, pixels, 512)
+    dims = min(dims, embeddings.shape[1], len(pixels))
+    pca = PCA(n_components=dims, random_state=0).fit(embeddings)
+    projection = Projection(
+        mean=pca.mean_.astype(np.float32), components=pca.components_.astype(np.float32)
+    )
+    frame = _frame(pixels, projection.apply(embeddings), probabilities, spec)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out_dir / FEATURES_FILE, index=False)
+    projection.save(out_dir / PROJECTION_FILE)
+    write_json(out_dir / REFERENCE_JSON, {
+        **description,
+        "images": len(frame),
+        "columns": list(frame.columns),
+        "embedding_dims": dims,
+        "explained_variance": float(pca.explained_variance_ratio_.sum()),
+    })  # fmt: skip
+    return frame
+
+
+def image_statistics(pixels: np.ndarray) -> pd.DataFrame:
+    """Per image, on the grey level in [0, 1]: mean (brightness), standard deviation
+    (contrast), variance of the Laplacian (sharpness: blur lowers it, noise raises it) and
+    the Shannon entropy of a 32-bin histogram, in bits. Vectorised over the batch."""
+    grey = pixels.mean(axis=1, dtype=np.float64)  # (N, H, W)
+    count = len(grey)
+    laplacian = (4 * grey[:, 1:-1, 1:-1] - grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1]
+                 - grey[:, 1:-1, :-2] - grey[:, 1:-1, 2:])  # fmt: skip
+    levels = np.clip((grey * _ENTROPY_BINS).astype(np.int64), 0, _ENTROPY_BINS - 1)
+    offsets = np.arange(count)[:, None, None] * _ENTROPY_BINS
+    histogram = np.bincount(
+        (levels + offsets).ravel(), minlength=count * _ENTROPY_BINS
+    ).reshape(count, _ENTROPY_BINS)
+    share = histogram / np.maximum(histogram.sum(axis=1, keepdims=True), 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.nansum(np.where(share > 0, share * np.log2(share), 0.0), axis=1)
+    return pd.DataFrame({
+        "brightness": grey.mean(axis=(1, 2)),
+        "contrast": grey.std(axis=(1, 2)),
+        "sharpness": laplacian.var(axis=(1, 2)),
+        "entropy": entropy,
+    })  # fmt: skip
+
+
+def numerical_columns(frame: pd.DataFrame) -> list[str]:
+    return [column for column in frame.columns if column != PREDICTED_CLASS]
+
+
+def _model_outputs(
+    model: torch.nn.Module, spec: ModelSpec, pixels: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, softmax): the input of the model's last linear layer, and its output."""
+    last_linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    captured: list[torch.Tensor] = []
+    hook = last_linear.register_forward_hook(
+        lambda _module, inputs, _output: captured.append(inputs[0].detach())
+    )
+    model.eval()
+    outputs = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(pixels), batch_size):
+                batch = torch.from_numpy(pixels[start : start + batch_size])
+                outputs.append(torch.softmax(model((batch - spec.mean) / spec.std), 1))
+    finally:
+        hook.remove()
+    if not outputs:
+        width = last_linear.in_features
+        return np.zeros((0, width), "f4"), np.zeros((0, spec.num_classes), "f4")
+    return torch.cat(captured).numpy(), torch.cat(outputs).numpy()
+
+
+def _frame(
+    pixels: np.ndarray,
+    projected: np.ndarray,
+    probabilities: np.ndarray,
+    spec: ModelSpec,
+) -> pd.DataFrame:
+    columns = {f"embedding_{i}": projected[:, i] for i in range(projected.shape[1])}
+    columns |= {f"softmax_{name}": probabilities[:, i]
+                for i, name in enumerate(spec.classes)}  # fmt: skip
+    columns["confidence"] = probabilities.max(axis=1) if len(probabilities) else []
+    frame = pd.concat([image_statistics(pixels), pd.DataFrame(columns)], axis=1)
+    frame[PREDICTED_CLASS] = pd.Categorical(
+        [spec.classes[i] for i in probabilities.argmax(axis=1)], categories=spec.classes
+    ) if len(probabilities) else pd.Categorical([], categories=spec.classes)  # fmt: skip
+    return frame
