@@ -32,7 +32,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy components
 
 bench: $(STAMP)
-	for name in pipeline train_overhead hpo fault_tolerance compression; do \
+	for name in pipeline train_overhead hpo fault_tolerance compression drift_detection; do \
 		PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/$$name.py --quick || exit 1; done
 
 clean-venv:
