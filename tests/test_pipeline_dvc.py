@@ -49,6 +49,7 @@ def test_dvc_repro_end_to_end_then_gate_and_recover(project, tmp_path: Path) -> 
     params = yaml.safe_load(TINY_PARAMS.read_text())
     params["ingest"]["source"] = str(source)
     params["promote"]["model_name"] = f"e2e-{tmp_path.name}"  # its own registry entry
+    params["monitor"]["current"] = "split:train"  # the tiny val split is below min_images
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     git_commit(project, "tiny")
 
@@ -65,6 +66,9 @@ def test_dvc_repro_end_to_end_then_gate_and_recover(project, tmp_path: Path) -> 
     assert promotion["champion_before"] is None and promotion["reasons"]
     ledger = (project / "ledger/promotions.jsonl").read_text().splitlines()
     assert [json.loads(line)["action"] for line in ledger] == ["promoted"]
+    assert "## Quantitative analyses" in (project / "reports/model_card.md").read_text()
+    drift = json.loads((project / "reports/drift/drift.json").read_text())
+    assert drift["current"] == "split:train" and drift["scores"]
     assert "Stage 'train' didn't change" in run(["dvc", "repro"], project, env).stdout
     git_commit(project, "good run")
     good_hash = json.loads((project / "data/dataset/dataset.json").read_text())[
