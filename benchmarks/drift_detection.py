@@ -36,12 +36,14 @@ from components.drift_features import (
     Projection,
     features,
     load_pixels,
+    model_scorer,
     write_reference,
 )
 from components.drift_report import drift_report
 from components.drift_rule import judge
 from components.ingest import ingest
-from components.model import ModelSpec, build_model
+from components.model import ModelSpec, build_model, save_model
+from components.onnx_model import export_onnx
 from components.train import model_spec
 from components.train_loop import Precision, run_epoch, seed_everything
 
@@ -103,10 +105,17 @@ def main() -> None:
             "source": "builtin:digits", "val_fraction": 0.3, "test_fraction": 0.3}),
             out_dir=scratch / "dataset").out_dir  # fmt: skip
         model, spec = train_model(data_dir, epochs=8 if args.quick else 15)
+        # The monitor watches an ONNX file (the shipped variant); here the fp32 export of
+        # this model (the pipeline's int8 variant runs faster still).
+        model_dir = scratch / "model"
+        save_model(model, spec, model_dir)
+        export_onnx(model, torch.zeros(1, spec.in_channels, spec.image_size,
+                                       spec.image_size), model_dir / "model.onnx")  # fmt: skip
+        scorer, spec, _ = model_scorer(model_dir)
         test_paths = [data_dir / p for p in read_split(data_dir, "test")["path"]]
         val_rows = read_split(data_dir, "val")
         val_paths = [data_dir / p for p in val_rows["path"]]
-        reference = write_reference(model, spec, load_pixels(test_paths, spec),
+        reference = write_reference(scorer, spec, load_pixels(test_paths, spec),
                                     scratch / "reference", dims=8,
                                     description={"split": "test"})  # fmt: skip
         projection = Projection.load(scratch / "reference/projection.npz")
@@ -115,7 +124,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
 
         def flagged(pixels: np.ndarray) -> bool:
-            batch = features(model, spec, pixels, projection)
+            batch = features(scorer, spec, pixels, projection)
             return judge(reference, batch, alpha).drift_detected
 
         def sample() -> np.ndarray:
@@ -142,7 +151,7 @@ def main() -> None:
         clock = [time.perf_counter()]
         pixels = load_pixels(files, spec)
         clock.append(time.perf_counter())
-        batch = features(model, spec, pixels, projection)
+        batch = features(scorer, spec, pixels, projection)
         clock.append(time.perf_counter())
         verdict = judge(reference, batch, alpha)
         clock.append(time.perf_counter())

@@ -193,7 +193,9 @@ def monitor(
     reference_dir: Annotated[
         Path, typer.Option(help="evaluate's drift reference.")
     ] = Path("reports/reference"),
-    model_dir: ModelDir = Path("models/candidate"),
+    model_dir: Annotated[
+        Path, typer.Option(help="The shipped variant (model.onnx, spec.json).")
+    ] = Path("models/compressed"),
     data_dir: DataDir = Path("data/dataset"),
     report_dir: OutDir = Path("reports/drift"),
     current: Annotated[

@@ -11,12 +11,14 @@ Three kinds, because shifts show in different places:
 
 evaluate writes the reference (`write_reference`, on the test split: held out, so the model's
 confidence there is what unseen data gets); the monitor computes the same features on the
-current batch (`features`) with the projection stored beside the reference.
+current batch (`features`) with the projection stored beside the reference. Both use the
+shipped variant as it runs (its ONNX file), so the outputs watched are the deployed model's.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,9 @@ import torch
 from sklearn.decomposition import PCA
 
 from components.data import to_pixels
-from components.io import write_json
-from components.model import ModelSpec
+from components.io import read_json, sha256_file, write_json
+from components.model import SPEC_FILE, WEIGHTS_FILE, ModelSpec, load_model
+from components.onnx_model import OnnxModel
 
 FEATURES_FILE = "features.parquet"
 PROJECTION_FILE = "projection.npz"
@@ -36,6 +39,9 @@ REFERENCE_JSON = "reference.json"
 PREDICTED_CLASS = "predicted_class"
 STATISTICS = ("brightness", "contrast", "sharpness", "entropy")
 _ENTROPY_BINS = 32
+
+# A normalised batch (N, C, H, W) -> (embeddings, logits)
+Scorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -69,20 +75,34 @@ def load_pixels(paths: list[Path], spec: ModelSpec) -> np.ndarray:
         return np.stack(list(pool.map(lambda path: to_pixels(path, spec), paths)))
 
 
+def model_scorer(model_dir: Path) -> tuple[Scorer, ModelSpec, str]:
+    """The model in `model_dir` as the monitor sees it: its model.onnx when there is one
+    (the shipped variant, as it runs; ONNX Runtime on every core), else its PyTorch weights.
+    Returns the scorer, the spec and the model file's sha256 (the reference records it, so a
+    monitor never compares features of two different models)."""
+    spec = ModelSpec(**read_json(model_dir / SPEC_FILE))
+    onnx_path = model_dir / "model.onnx"
+    if onnx_path.is_file():
+        session = OnnxModel(onnx_path, threads=os.cpu_count() or 1, embedding=True)
+        return session.embeddings_and_logits, spec, sha256_file(onnx_path)
+    model, spec = load_model(model_dir)
+    return _torch_scorer(model), spec, sha256_file(model_dir / WEIGHTS_FILE)
+
+
 def features(
-    model: torch.nn.Module,
+    scorer: Scorer,
     spec: ModelSpec,
     pixels: np.ndarray,
     projection: Projection,
     batch_size: int = 512,
 ) -> pd.DataFrame:
     """Statistics, projected embedding and outputs of every image in `pixels`."""
-    embeddings, probabilities = _model_outputs(model, spec, pixels, batch_size)
+    embeddings, probabilities = _model_outputs(scorer, spec, pixels, batch_size)
     return _frame(pixels, projection.apply(embeddings), probabilities, spec)
 
 
 def write_reference(
-    model: torch.nn.Module,
+    scorer: Scorer,
     spec: ModelSpec,
     pixels: np.ndarray,
     out_dir: Path,
@@ -92,7 +112,7 @@ def write_reference(
 ) -> pd.DataFrame:
     """Fit the projection on these images' embeddings and write the reference features,
     the projection and a description (what data, which model) to `out_dir`."""
-    embeddings, probabilities = _model_outputs(model, spec, pixels, 512)
+    embeddings, probabilities = _model_outputs(scorer, spec, pixels, 512)
     dims = min(dims, embeddings.shape[1], len(pixels))
     pca = PCA(n_components=dims, random_state=0).fit(embeddings)
     projection = Projection(
@@ -140,28 +160,41 @@ def numerical_columns(frame: pd.DataFrame) -> list[str]:
     return [column for column in frame.columns if column != PREDICTED_CLASS]
 
 
-def _model_outputs(
-    model: torch.nn.Module, spec: ModelSpec, pixels: np.ndarray, batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, softmax): the input of the model's last linear layer, and its output."""
+def _torch_scorer(model: torch.nn.Module) -> Scorer:
+    """(embeddings, logits) of a PyTorch classifier: the input of its last linear layer,
+    caught by a forward hook, and its output."""
     last_linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    captured: list[torch.Tensor] = []
-    hook = last_linear.register_forward_hook(
-        lambda _module, inputs, _output: captured.append(inputs[0].detach())
-    )
     model.eval()
-    outputs = []
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(pixels), batch_size):
-                batch = torch.from_numpy(pixels[start : start + batch_size])
-                outputs.append(torch.softmax(model((batch - spec.mean) / spec.std), 1))
-    finally:
-        hook.remove()
-    if not outputs:
-        width = last_linear.in_features
-        return np.zeros((0, width), "f4"), np.zeros((0, spec.num_classes), "f4")
-    return torch.cat(captured).numpy(), torch.cat(outputs).numpy()
+
+    def score(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        captured: list[torch.Tensor] = []
+        hook = last_linear.register_forward_hook(
+            lambda _module, inputs, _output: captured.append(inputs[0].detach())
+        )
+        try:
+            with torch.inference_mode():
+                logits = model(torch.from_numpy(images))
+        finally:
+            hook.remove()
+        return captured[0].numpy(), logits.numpy()
+
+    return score
+
+
+def _model_outputs(
+    scorer: Scorer, spec: ModelSpec, pixels: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, softmax) over the batch, `batch_size` images at a time."""
+    embeddings, logits = [], []
+    for start in range(0, len(pixels), batch_size):
+        batch = (pixels[start : start + batch_size] - spec.mean) / spec.std
+        embedded, scored = scorer(np.ascontiguousarray(batch, dtype=np.float32))
+        embeddings.append(embedded.reshape(len(batch), -1))
+        logits.append(scored)
+    if not logits:
+        return np.zeros((0, 1), "f4"), np.zeros((0, spec.num_classes), "f4")
+    stacked = torch.from_numpy(np.concatenate(logits)).float()
+    return np.concatenate(embeddings), torch.softmax(stacked, dim=1).numpy()
 
 
 def _frame(

@@ -20,7 +20,7 @@ from sklearn.metrics import (
 
 from components.config import EvaluateConfig
 from components.data import ImageDataset, read_split
-from components.drift_features import write_reference
+from components.drift_features import model_scorer, write_reference
 from components.ingest import DATASET_JSON
 from components.io import atomic_dir, read_json, write_json
 from components.model import ModelSpec, load_model
@@ -122,13 +122,15 @@ def evaluate(
         _plot_confusion(staging / CONFUSION_PNG, labels, shipped.predicted, spec)
         _plot_reliability(staging / RELIABILITY_PNG, bins, ece, variant)
         if reference_dir is not None:
+            watched = shipped_dir or model_dir
+            scorer, _, digest = model_scorer(watched)
             with atomic_dir(reference_dir) as reference_staging:
                 write_reference(
-                    candidate, spec, images * spec.std + spec.mean, reference_staging,
+                    scorer, spec, images * spec.std + spec.mean, reference_staging,
                     dims=cfg.reference_dims,
                     description={"split": "test", "data_dir": str(data_dir),
                                  "dataset_content_hash": _content_hash(data_dir),
-                                 "model_dir": str(model_dir)},
+                                 "model_dir": str(watched), "model_sha256": digest},
                 )  # fmt: skip
         run_id = training_run(model_dir)
         if run_id:

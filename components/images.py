@@ -72,20 +72,31 @@ def read_header(path: Path) -> ImageHeader:
 def decode(path: Path, *, channels: int, max_pixels: int) -> Image.Image:
     """Decode fully into 'L' (channels=1) or 'RGB' (channels=3), refusing oversized images.
 
-    Truncated files raise here: PIL only notices missing data when it decodes.
+    The file is opened once: the size comes from the header, checked before any pixel data
+    is decoded. Truncated files raise here: PIL only notices missing data when it decodes.
     """
-    header = read_header(path)
-    if header.width * header.height > max_pixels:
-        raise ImageTooLargeError(
-            f"{path}: {header.width}x{header.height} pixels exceeds the limit of "
-            f"{max_pixels} (refused without decoding)"
-        )
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(
+            f"{path}: {error} (refused without decoding)"
+        ) from error
+    except (UnidentifiedImageError, OSError) as error:
+        raise ImageReadError(f"{path}: not a readable image ({error})") from error
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"{path}: {width}x{height} pixels exceeds the limit of "
+                f"{max_pixels} (refused without decoding)"
+            )
+        try:
             image.load()
             return image.convert("L" if channels == 1 else "RGB")
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ImageReadError(f"{path}: cannot be decoded ({error})") from error
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ImageReadError(f"{path}: cannot be decoded ({error})") from error
 
 
 def pixel_stats(image: Image.Image) -> PixelStats:

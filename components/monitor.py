@@ -29,11 +29,11 @@ from components.drift_features import (
     Projection,
     features,
     load_pixels,
+    model_scorer,
 )
 from components.drift_report import drift_report, drifted_count, publish
 from components.drift_rule import Judgement, judge
 from components.io import atomic_dir, read_json, write_json
-from components.model import load_model
 from components.sources import download_unlabelled
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,16 @@ def monitor(
     current: str | None = None,
 ) -> DriftResult:
     """Judge the batch named by `current` (default cfg.current) against `reference_dir` with
-    the model in `model_dir`; write reports/drift-style outputs to `report_dir`."""
+    the model in `model_dir` (the shipped variant: model.onnx and spec.json); write
+    drift.json, the Evidently report and metrics.prom to `report_dir`."""
     source = current or cfg.current
     reference, projection, described = _reference(reference_dir)
-    model, spec = load_model(model_dir)
+    scorer, spec, digest = model_scorer(model_dir)
+    if described.get("model_sha256") != digest:
+        raise MonitorInputError(
+            f"{reference_dir}: written for another model than {model_dir} "
+            "(re-run evaluate, which writes the reference for the shipped model)"
+        )
     clock = {"start": time.perf_counter()}
     with tempfile.TemporaryDirectory(prefix="monitor-") as scratch:
         paths = _current_images(source, data_dir, Path(scratch))
@@ -86,7 +92,7 @@ def monitor(
                 f"monitor.min_images = {cfg.min_images}; too small to judge"
             )
         pixels = load_pixels(paths, spec)  # an unreadable file raises, naming it
-    batch = features(model, spec, pixels, projection, cfg.batch_size)
+    batch = features(scorer, spec, pixels, projection, cfg.batch_size)
     clock["features"] = time.perf_counter()
     verdict = judge(reference, batch, cfg.alpha)
     clock["judge"] = time.perf_counter()

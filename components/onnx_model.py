@@ -38,20 +38,34 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
 class OnnxModel:
     """An ONNX Runtime CPU session with a fixed thread count (timings need one)."""
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
+    def __init__(
+        self, path: Path, threads: int = 1, *, embedding: bool = False
+    ) -> None:
+        """`embedding`: also expose the input of the last Gemm/MatMul (the penultimate
+        layer) as a second output, for the drift monitor."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
         self.path = path
+        source: str | bytes = str(path)
+        if embedding:
+            source = _with_embedding_output(path)
         self.session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
+            source, options, providers=["CPUExecutionProvider"]
         )
         self.input_name: str = self.session.get_inputs()[0].name
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         output: np.ndarray = self.session.run(None, {self.input_name: images})[0]
         return output
+
+    def embeddings_and_logits(
+        self, images: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(penultimate activations, logits); needs `embedding=True`."""
+        logits, embeddings = self.session.run(None, {self.input_name: images})[:2]
+        return np.asarray(embeddings), np.asarray(logits)
 
     def time_calls(self, images: np.ndarray, calls: int) -> list[float]:
         """Seconds taken by each of `calls` runs on `images`."""
@@ -78,3 +92,20 @@ def median_latency_ms(
         for name, model in models.items():
             times[name] += model.time_calls(images, calls)
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+
+
+def _with_embedding_output(path: Path) -> bytes:
+    """The model with the last Gemm/MatMul's data input added as a graph output: in a
+    classifier that is the embedding the head reads (after DequantizeLinear in int8)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    heads = [node for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]
+    if not heads:
+        raise ValueError(f"{path}: no Gemm or MatMul node, so no embedding to expose")
+    name = heads[-1].input[0]
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    )
+    serialized: bytes = model.SerializeToString()
+    return serialized

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -19,6 +20,9 @@ from tqdm import tqdm
 from components.images import IGNORED_NAMES
 
 BUILTIN_DIGITS = "builtin:digits"
+# Concurrent S3 downloads: per-request latency, not bandwidth, bounds many small images
+# (botocore keeps 10 connections per client).
+S3_DOWNLOAD_THREADS = 10
 
 
 class SourceError(ValueError):
@@ -104,14 +108,25 @@ def _download_s3(uri: str, images_dir: Path) -> None:
     """Download `s3://bucket/prefix/<class>/<file>`; endpoint and keys come from AWS_* env."""
     client, prefix, items = _list_s3(uri)
     bucket = uri.removeprefix("s3://").partition("/")[0]
-    keys = [item["Key"] for item in items]
-    if not keys:
+    if not items:
         raise SourceError(f"ingest.source: no objects under '{uri}'")
-    for key in tqdm(sorted(keys), desc="s3", unit="object"):
+
+    def target(key: str) -> Path:
         relative = PurePosixPath(key[len(prefix) :])
-        target = images_dir / _class_relative(relative, f"s3://{bucket}/{key}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(bucket, key, str(target))
+        return images_dir / _class_relative(relative, f"s3://{bucket}/{key}")
+
+    # Every key is checked before anything is fetched.
+    targets = {key: target(key) for key in sorted(item["Key"] for item in items)}
+    for folder in {target.parent for target in targets.values()}:
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def fetch(key: str) -> None:
+        client.download_file(bucket, key, str(targets[key]))
+
+    with ThreadPoolExecutor(S3_DOWNLOAD_THREADS) as pool:
+        for _ in tqdm(pool.map(fetch, targets), total=len(targets), desc="s3",
+                      unit="object"):  # fmt: skip
+            pass
 
 
 def download_unlabelled(uri: str, target: Path) -> list[Path]:

@@ -39,7 +39,7 @@ def monitoring(
     result = monitor_task(
         cfg,
         reference_dir=root / "reports/reference",
-        model_dir=root / "models/candidate",
+        model_dir=root / "models/compressed",
         data_dir=root / "data/dataset",
         report_dir=root / "reports/drift",
         current=current,

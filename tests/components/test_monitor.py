@@ -98,10 +98,11 @@ def test_statistics_see_blur_and_noise() -> None:
 
 @pytest.fixture(scope="module")
 def reference(
-    candidate: Path, tmp_path_factory: pytest.TempPathFactory
+    compressed_model: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
     """A larger dataset of the candidate's kind, and the reference evaluate writes on its
-    test split; the val split is a clean current batch."""
+    test split with the shipped ONNX variant; the val split is a clean current batch."""
+    candidate, shipped = compressed_model
     root = tmp_path_factory.mktemp("drift")
     source = make_image_folder(root / "source", per_class=90, seed=7)
     cfg = load_params("ingest", IngestConfig, TINY_PARAMS).model_copy(
@@ -109,9 +110,10 @@ def reference(
     )
     data_dir = ingest(cfg, out_dir=root / "dataset").out_dir
     evaluate(load_params("evaluate", EvaluateConfig, TINY_PARAMS), model_dir=candidate,
-             data_dir=data_dir, report_dir=root / "evaluation",
+             shipped_dir=shipped, data_dir=data_dir, report_dir=root / "evaluation",
              reference_dir=root / "reference")  # fmt: skip
-    return {"data": data_dir, "reference": root / "reference", "model": candidate}
+    return {"data": data_dir, "reference": root / "reference", "model": shipped,
+            "candidate": candidate}  # fmt: skip
 
 
 def _cfg(tmp_path: Path, **update: Any) -> MonitorConfig:
@@ -203,6 +205,14 @@ def test_too_small_a_batch_is_an_error(
     with pytest.raises(MonitorInputError, match="12 images, fewer than"):
         _run(reference, _cfg(tmp_path, min_images=50), tmp_path / "drift", str(folder))
     assert not (tmp_path / "drift").exists()
+
+
+def test_a_reference_of_another_model_is_refused(
+    reference: dict[str, Path], tmp_path: Path
+) -> None:
+    other = {**reference, "model": reference["candidate"]}  # fp32 PyTorch, not shipped
+    with pytest.raises(MonitorInputError, match="written for another model"):
+        _run(other, _cfg(tmp_path), tmp_path / "drift", "split:val")
 
 
 def test_an_unreadable_file_is_named(

@@ -42,17 +42,20 @@ def _drift_events(api: str, timeout: float = 30) -> list[dict]:
 
 
 def test_drift_emits_the_retraining_event(
-    candidate: Path, tmp_path: Path, prefect_api: str
+    compressed_model: tuple[Path, Path], tmp_path: Path, prefect_api: str
 ) -> None:
     root = tmp_path / "project"
+    candidate, shipped = compressed_model
     shutil.copytree(candidate, root / "models/candidate")
+    shutil.copytree(shipped, root / "models/compressed")
     source = make_image_folder(tmp_path / "source", per_class=60, seed=11)
     ingest_cfg = load_params("ingest", IngestConfig, TINY_PARAMS).model_copy(
         update={"source": str(source), "val_fraction": 0.4, "test_fraction": 0.4}
     )
     data_dir = ingest(ingest_cfg, out_dir=root / "data/dataset").out_dir
     evaluate(load_params("evaluate", EvaluateConfig, TINY_PARAMS),
-             model_dir=root / "models/candidate", data_dir=data_dir,
+             model_dir=root / "models/candidate",
+             shipped_dir=root / "models/compressed", data_dir=data_dir,
              report_dir=root / "reports/evaluation",
              reference_dir=root / "reports/reference")  # fmt: skip
     params = tiny_params(tmp_path, monitor={"workspace": str(tmp_path / "ws"),
