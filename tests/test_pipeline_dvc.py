@@ -49,7 +49,8 @@ def test_dvc_repro_end_to_end_then_gate_and_recover(project, tmp_path: Path) -> 
     params = yaml.safe_load(TINY_PARAMS.read_text())
     params["ingest"]["source"] = str(source)
     params["promote"]["model_name"] = f"e2e-{tmp_path.name}"  # its own registry entry
-    params["monitor"]["current"] = "split:train"  # the tiny val split is below min_images
+    # the tiny val split is below monitor.min_images
+    params["monitor"]["current"] = "split:train"
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     git_commit(project, "tiny")
 
