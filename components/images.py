@@ -53,19 +53,9 @@ class PixelStats:
 
 def read_header(path: Path) -> ImageHeader:
     """Size and channel count from the file header alone: no pixel data is decoded."""
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns (or raises) about huge images at open; the caller judges size.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                mode = image.mode
-    except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(
-            f"{path}: {error} (refused without decoding)"
-        ) from error
-    except (UnidentifiedImageError, OSError) as error:
-        raise ImageReadError(f"{path}: not a readable image ({error})") from error
+    with _open(path) as image:
+        width, height = image.size
+        mode = image.mode
     return ImageHeader(width=width, height=height, channels=_CHANNELS.get(mode, 3))
 
 
@@ -75,17 +65,7 @@ def decode(path: Path, *, channels: int, max_pixels: int) -> Image.Image:
     The file is opened once: the size comes from the header, checked before any pixel data
     is decoded. Truncated files raise here: PIL only notices missing data when it decodes.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(
-            f"{path}: {error} (refused without decoding)"
-        ) from error
-    except (UnidentifiedImageError, OSError) as error:
-        raise ImageReadError(f"{path}: not a readable image ({error})") from error
-    with image:
+    with _open(path) as image:
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(
@@ -97,6 +77,21 @@ def decode(path: Path, *, channels: int, max_pixels: int) -> Image.Image:
             return image.convert("L" if channels == 1 else "RGB")
         except (OSError, ValueError, SyntaxError) as error:
             raise ImageReadError(f"{path}: cannot be decoded ({error})") from error
+
+
+def _open(path: Path) -> Image.Image:
+    """Image.open (header only), with Pillow's own size warnings silenced (the caller
+    judges size) and its errors turned into ours, naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(
+            f"{path}: {error} (refused without decoding)"
+        ) from error
+    except (UnidentifiedImageError, OSError) as error:
+        raise ImageReadError(f"{path}: not a readable image ({error})") from error
 
 
 def pixel_stats(image: Image.Image) -> PixelStats:
