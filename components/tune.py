@@ -73,7 +73,9 @@ def tune(
         trial_run = _close_trial_runs(
             parent, grid, best.metrics["trial_id"], train_cfg.epochs
         )
-        state, resumes = _best_checkpoint(best.metrics_dataframe)
+        state, resumes = _best_checkpoint(
+            best.metrics_dataframe, storage_path_for(train_cfg.storage_path)
+        )
         lineage_record = {**asdict(lineage), "mlflow_run_id": trial_run,
                           "mlflow_parent_run_id": parent, "best_config": best.config}  # fmt: skip
         metrics = write_candidate(model_spec(best_cfg, data_dir), state, resumes, out_dir,
@@ -147,21 +149,26 @@ def _run_trial(sampled: dict[str, Any], context: dict[str, Any]) -> None:
             raise result.error
 
 
-def _best_checkpoint(reports: pd.DataFrame) -> tuple[dict[str, Any], list[int]]:
+def _best_checkpoint(
+    reports: pd.DataFrame, storage: str
+) -> tuple[dict[str, Any], list[int]]:
     """The best trial's best epoch among the checkpoints still stored (num_to_keep prunes the
-    rest, and among tied scores it may keep a later one), with every epoch's history."""
+    rest, and among tied scores it may keep a later one), with every epoch's history.
+    `storage` is the run's storage path: Ray reports checkpoint paths without their scheme
+    (`bucket/prefix/...` for s3://), so the filesystem comes from it, not from the paths."""
+    import pyarrow.fs
     import torch
-    from pyarrow.fs import FileType
+
+    filesystem = pyarrow.fs.FileSystem.from_uri(storage)[0]
 
     def stored(path: str) -> bool:
-        checkpoint = ray.train.Checkpoint(path)
-        filesystem: Any = checkpoint.filesystem  # resolved from the path's scheme
-        info = filesystem.get_file_info(f"{checkpoint.path}/{CHECKPOINT_FILE}")
-        return bool(info.type != FileType.NotFound)
+        info = filesystem.get_file_info(f"{path}/{CHECKPOINT_FILE}")
+        return bool(info.type != pyarrow.fs.FileType.NotFound)
 
     kept = reports[reports[CHECKPOINT_PATH].map(stored)]
     best_row = kept.loc[kept[TARGET_METRIC].idxmax()]
-    with ray.train.Checkpoint(best_row[CHECKPOINT_PATH]).as_directory() as folder:
+    checkpoint = ray.train.Checkpoint(best_row[CHECKPOINT_PATH], filesystem=filesystem)
+    with checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu",
                            weights_only=True)  # fmt: skip
     columns = [c for c in state["history"][-1] if c in reports.columns]

@@ -71,7 +71,11 @@ def serve(
 
 
 @contextmanager
-def mlflow_server(workdir: Path) -> Iterator[str]:
+def mlflow_server(
+    workdir: Path, artifacts: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`artifacts`: where the server keeps artifacts (a folder in `workdir` by default, or
+    e.g. s3://bucket/prefix with the AWS variables in `env`); clients upload through it."""
     port = free_port()
     command = [
         str(BIN / "mlflow"),
@@ -83,11 +87,11 @@ def mlflow_server(workdir: Path) -> Iterator[str]:
         "--backend-store-uri",
         f"sqlite:///{workdir / 'mlflow.db'}",
         "--artifacts-destination",
-        str(workdir / "artifacts"),
+        artifacts or str(workdir / "artifacts"),
         "--workers",
         "1",
     ]
-    with serve(command, f"http://127.0.0.1:{port}/health", workdir):
+    with serve(command, f"http://127.0.0.1:{port}/health", workdir, env):
         yield f"http://127.0.0.1:{port}"
 
 

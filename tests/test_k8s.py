@@ -425,6 +425,10 @@ def test_flow_run_job_from_the_template_validates() -> None:
     values |= {"labels": {"prefect.io/flow-run-id": "0"}, "annotations": {}}
     job = _fill_job_template(template["job_configuration"]["job_manifest"], values)
     job["metadata"]["name"] = job["metadata"].pop("generateName") + "x"
+    # prefect-kubernetes refuses a manifest without these two keys under the pod spec (its
+    # default template has them there); the API server drops them as unknown pod fields.
+    pod = job["spec"]["template"]["spec"]
+    assert (pod.pop("parallelism"), pod.pop("completions")) == (1, 1)
     problems = schema_problems(job)
     assert not problems, "\n".join(problems)
 

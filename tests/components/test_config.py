@@ -74,22 +74,26 @@ def test_missing_params_file_is_named(tmp_path: Path) -> None:
         load_params("train", TrainConfig, tmp_path / "nope.yaml")
 
 
-def test_dvc_stages_match_flow_tasks_in_order() -> None:
-    stages = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
-    tree = ast.parse((ROOT / "flows" / "training.py").read_text())
+def _flow_tasks(module: str) -> list[str]:
+    tree = ast.parse((ROOT / "flows" / f"{module}.py").read_text())
     flow = next(
         node
         for node in tree.body
-        if isinstance(node, ast.FunctionDef) and node.name == "training"
+        if isinstance(node, ast.FunctionDef) and node.name == module
     )
-    called = [
+    return [
         node.func.id.removesuffix("_task")
         for node in ast.walk(flow)
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
         and node.func.id.endswith("_task")
     ]
-    assert called == stages
+
+
+def test_dvc_stages_match_flow_tasks_in_order() -> None:
+    """dvc.yaml is the training flow's stages in order, then the monitoring flow's."""
+    stages = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    assert stages == _flow_tasks("training") + _flow_tasks("monitoring")
 
 
 def test_dvc_stage_params_are_their_own_sections() -> None:
