@@ -221,7 +221,8 @@ class PromoteConfig(_Section):
     min_paired_items: int = Field(
         30, ge=1
     )  # fewer shared items: cannot compare, reject
-    ledger: str = "ledger/promotions.jsonl"  # append-only; one JSON line per decision
+    # append-only: a local JSONL file, or s3://bucket/prefix (one object per entry)
+    ledger: str = "ledger/promotions.jsonl"
     lock_timeout_s: float = Field(60.0, gt=0)  # wait for a concurrent promotion
     lock_stale_s: float = Field(
         600.0, gt=0

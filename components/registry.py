@@ -14,9 +14,7 @@ the MLflow registry, every step recorded.
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +31,7 @@ from mlflow.exceptions import MlflowException
 
 from components.config import PromoteConfig
 from components.io import read_json, write_json
+from components.ledger import actor, append_ledger
 from components.model import LINEAGE_FILE
 from components.promotion import Decision, Evidence, decide
 from components.tracking import tracking_uri
@@ -93,7 +92,7 @@ def promote(
         comparison=asdict(decision.comparison) if decision.comparison else None,
     )
     if not dry_run:
-        append_ledger(Path(cfg.ledger), {"action": result.decision,
+        append_ledger(cfg.ledger, {"action": result.decision,
                                          "model": cfg.model_name, **asdict(result),
                                          "lineage": lineage})  # fmt: skip
     write_json(report_path, asdict(result))
@@ -125,7 +124,7 @@ def rollback(cfg: PromoteConfig, *, to_version: str | None = None) -> PromotionR
         candidate_version=target,
         run_id=run_id,
     )
-    append_ledger(Path(cfg.ledger), {"action": "rollback", "model": cfg.model_name,
+    append_ledger(cfg.ledger, {"action": "rollback", "model": cfg.model_name,
                                      **asdict(result)})  # fmt: skip
     return result
 
@@ -144,19 +143,6 @@ def read_evidence(evaluation_dir: Path) -> Evidence:
     )
 
 
-def append_ledger(path: Path, entry: dict[str, Any]) -> None:
-    """One JSON line, appended with a single write (O_APPEND), then fsync'd."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"time": _now(), "actor": _actor(), **entry}
-    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(descriptor, line)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 @contextmanager
 def registry_lock(client: MlflowClient, cfg: PromoteConfig) -> Iterator[MlflowClient]:
     """Hold the registry-wide promotion lock (see the module docstring)."""
@@ -164,7 +150,7 @@ def registry_lock(client: MlflowClient, cfg: PromoteConfig) -> Iterator[MlflowCl
     deadline = time.monotonic() + cfg.lock_timeout_s
     while True:
         try:
-            client.create_registered_model(name, description=f"held by {_actor()}")
+            client.create_registered_model(name, description=f"held by {actor()}")
             break
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -238,7 +224,7 @@ def _tag_decision(client: MlflowClient, name: str, version: str, decision: Decis
         "promotion.reasons": json.dumps(decision.reasons),
         "promotion.champion_before": str(before),
         "promotion.decided_at": _now(),
-        "promotion.actor": _actor(),
+        "promotion.actor": actor(),
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
@@ -279,7 +265,3 @@ def _registry_errors() -> Iterator[None]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _actor() -> str:
-    return os.environ.get("GITHUB_ACTOR") or getpass.getuser()

@@ -149,3 +149,26 @@ def compressed_model(
     result = compress(cfg, model_dir=candidate, data_dir=tiny_dataset.out_dir,
                       out_dir=out / "compressed", report_path=out / "compression.json")  # fmt: skip
     return candidate, result.model_dir
+
+
+@pytest.fixture(scope="session")
+def drift_reference(
+    compressed_model: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """A larger dataset of the candidate's kind, and the reference evaluate writes on its
+    test split with the shipped ONNX variant; the val split is a clean current batch."""
+    from components.config import EvaluateConfig
+    from components.evaluate import evaluate
+
+    candidate, shipped = compressed_model
+    root = tmp_path_factory.mktemp("drift")
+    source = make_image_folder(root / "source", per_class=90, seed=7)
+    cfg = load_params("ingest", IngestConfig, TINY_PARAMS).model_copy(
+        update={"source": str(source), "val_fraction": 0.4, "test_fraction": 0.4}
+    )
+    data_dir = ingest(cfg, out_dir=root / "dataset").out_dir
+    evaluate(load_params("evaluate", EvaluateConfig, TINY_PARAMS), model_dir=candidate,
+             shipped_dir=shipped, data_dir=data_dir, report_dir=root / "evaluation",
+             reference_dir=root / "reference")  # fmt: skip
+    return {"data": data_dir, "reference": root / "reference", "model": shipped,
+            "candidate": candidate}  # fmt: skip

@@ -258,3 +258,41 @@ def test_ray_train_checkpoints_on_s3_and_resumes_from_them(
     assert any(
         key.endswith(f"/{run_id}/artifacts/candidate/model.pt") for key in artifacts
     )
+
+
+def test_monitor_judges_a_batch_under_an_s3_prefix(
+    aws, drift_reference: dict[str, Path], tmp_path: Path
+) -> None:
+    """The inference log at scale: images under a prefix, any depth, no class folders."""
+    from components.config import MonitorConfig
+    from components.data import read_split
+    from components.monitor import monitor
+
+    _bucket("inference-log")
+    client = boto3.client("s3")
+    data = drift_reference["data"]
+    for index, path in enumerate(read_split(data, "val")["path"]):
+        day = "2026-11-21" if index % 2 else "2026-11-22"
+        client.upload_file(str(data / path), "inference-log",
+                           f"batches/{day}/{index}.png")  # fmt: skip
+    cfg = load_params("monitor", MonitorConfig, TINY_PARAMS).model_copy(
+        update={"workspace": str(tmp_path / "ws")}
+    )
+    result = monitor(cfg, reference_dir=drift_reference["reference"],
+                     model_dir=drift_reference["model"], report_dir=tmp_path / "drift",
+                     current="s3://inference-log/batches")  # fmt: skip
+    assert result.images == len(read_split(data, "val"))
+    assert not result.drift_detected  # the same images as the clean split:val batch
+
+
+def test_ledger_on_s3_is_one_object_per_entry_in_order(aws) -> None:
+    from components.ledger import append_ledger, read_ledger
+
+    _bucket("ledger-bucket")
+    location = "s3://ledger-bucket/promotions/image-classifier"
+    for action in ("promoted", "rejected", "rollback"):
+        append_ledger(location, {"action": action, "model": "image-classifier"})
+    entries = read_ledger(location)
+    assert [entry["action"] for entry in entries] == ["promoted", "rejected", "rollback"]
+    assert all(entry["time"] and entry["actor"] for entry in entries)
+    assert len(_keys("ledger-bucket", "promotions/")) == 3

@@ -19,20 +19,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from components.alerts import AlertError
 from components.config import (
-    EvaluateConfig,
-    IngestConfig,
     MonitorConfig,
     load_params,
 )
 from components.data import read_split
 from components.drift_features import PREDICTED_CLASS, image_statistics
 from components.drift_rule import class_mix_p_value, judge
-from components.evaluate import evaluate
 from components.images import ImageReadError
-from components.ingest import ingest
 from components.monitor import MonitorInputError, monitor
 from tests.conftest import TINY_PARAMS
-from tests.imagegen import make_image_folder
 
 # --- the rule, pure -----------------------------------------------------------------------
 
@@ -97,23 +92,8 @@ def test_statistics_see_blur_and_noise() -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(
-    compressed_model: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
-    """A larger dataset of the candidate's kind, and the reference evaluate writes on its
-    test split with the shipped ONNX variant; the val split is a clean current batch."""
-    candidate, shipped = compressed_model
-    root = tmp_path_factory.mktemp("drift")
-    source = make_image_folder(root / "source", per_class=90, seed=7)
-    cfg = load_params("ingest", IngestConfig, TINY_PARAMS).model_copy(
-        update={"source": str(source), "val_fraction": 0.4, "test_fraction": 0.4}
-    )
-    data_dir = ingest(cfg, out_dir=root / "dataset").out_dir
-    evaluate(load_params("evaluate", EvaluateConfig, TINY_PARAMS), model_dir=candidate,
-             shipped_dir=shipped, data_dir=data_dir, report_dir=root / "evaluation",
-             reference_dir=root / "reference")  # fmt: skip
-    return {"data": data_dir, "reference": root / "reference", "model": shipped,
-            "candidate": candidate}  # fmt: skip
+def reference(drift_reference: dict[str, Path]) -> dict[str, Path]:
+    return drift_reference
 
 
 def _cfg(tmp_path: Path, **update: Any) -> MonitorConfig:
