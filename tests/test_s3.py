@@ -293,6 +293,10 @@ def test_ledger_on_s3_is_one_object_per_entry_in_order(aws) -> None:
     for action in ("promoted", "rejected", "rollback"):
         append_ledger(location, {"action": action, "model": "image-classifier"})
     entries = read_ledger(location)
-    assert [entry["action"] for entry in entries] == ["promoted", "rejected", "rollback"]
+    assert [entry["action"] for entry in entries] == [
+        "promoted",
+        "rejected",
+        "rollback",
+    ]
     assert all(entry["time"] and entry["actor"] for entry in entries)
     assert len(_keys("ledger-bucket", "promotions/")) == 3
