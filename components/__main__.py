@@ -34,6 +34,9 @@ Params = Annotated[Path, typer.Option("--params", help="params.yaml to read from
 DataDir = Annotated[Path, typer.Option(help="The dataset written by ingest.")]
 ModelDir = Annotated[Path, typer.Option(help="The candidate written by train.")]
 OutDir = Annotated[Path, typer.Option(help="Folder to (re)write atomically.")]
+ShippedDir = Annotated[Path, typer.Option(help="The shipped variant compress wrote.")]
+EvaluationDir = Annotated[Path, typer.Option(help="evaluate's reports.")]
+ReferenceDir = Annotated[Path, typer.Option(help="The drift reference evaluate wrote.")]
 
 
 @app.callback()
@@ -126,14 +129,10 @@ def compress(
 @app.command()
 def evaluate(
     model_dir: ModelDir = Path("models/candidate"),
-    shipped_dir: Annotated[
-        Path, typer.Option(help="The variant compress shipped (model.onnx).")
-    ] = Path("models/compressed"),
+    shipped_dir: ShippedDir = Path("models/compressed"),
     data_dir: DataDir = Path("data/dataset"),
     report_dir: OutDir = Path("reports/evaluation"),
-    reference_dir: Annotated[
-        Path, typer.Option(help="Where the drift monitor's reference is written.")
-    ] = Path("reports/reference"),
+    reference_dir: ReferenceDir = Path("reports/reference"),
     params: Params = DEFAULT_PARAMS,
 ) -> None:
     """Score the shipped variant and the fp32 candidate on the test split: per class and
@@ -154,9 +153,7 @@ def evaluate(
 @app.command()
 def card(
     model_dir: ModelDir = Path("models/candidate"),
-    shipped_dir: Annotated[Path, typer.Option(help="The shipped variant.")] = Path(
-        "models/compressed"
-    ),
+    shipped_dir: ShippedDir = Path("models/compressed"),
     data_dir: DataDir = Path("data/dataset"),
     validation_dir: Annotated[Path, typer.Option(help="validate's reports.")] = Path(
         "reports/validation"
@@ -164,12 +161,8 @@ def card(
     compression_report: Annotated[
         Path, typer.Option(help="compress's report (its .png beside it).")
     ] = Path("reports/compression.json"),
-    evaluation_dir: Annotated[Path, typer.Option(help="evaluate's reports.")] = Path(
-        "reports/evaluation"
-    ),
-    reference_dir: Annotated[Path, typer.Option(help="The drift reference.")] = Path(
-        "reports/reference"
-    ),
+    evaluation_dir: EvaluationDir = Path("reports/evaluation"),
+    reference_dir: ReferenceDir = Path("reports/reference"),
     out: Annotated[
         Path, typer.Option(help="The card (Markdown; .html beside it).")
     ] = Path("reports/model_card.md"),
@@ -190,12 +183,8 @@ def card(
 
 @app.command()
 def monitor(
-    reference_dir: Annotated[
-        Path, typer.Option(help="evaluate's drift reference.")
-    ] = Path("reports/reference"),
-    model_dir: Annotated[
-        Path, typer.Option(help="The shipped variant (model.onnx, spec.json).")
-    ] = Path("models/compressed"),
+    reference_dir: ReferenceDir = Path("reports/reference"),
+    model_dir: ShippedDir = Path("models/compressed"),
     data_dir: DataDir = Path("data/dataset"),
     report_dir: OutDir = Path("reports/drift"),
     current: Annotated[
@@ -232,12 +221,8 @@ def monitor(
 
 @app.command()
 def promote(
-    evaluation_dir: Annotated[Path, typer.Option(help="evaluate's reports.")] = Path(
-        "reports/evaluation"
-    ),
-    shipped_dir: Annotated[Path, typer.Option(help="The shipped variant.")] = Path(
-        "models/compressed"
-    ),
+    evaluation_dir: EvaluationDir = Path("reports/evaluation"),
+    shipped_dir: ShippedDir = Path("models/compressed"),
     report: Annotated[Path, typer.Option(help="Where the decision is written.")] = Path(
         "reports/promotion.json"
     ),

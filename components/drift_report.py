@@ -20,9 +20,7 @@ from evidently.sdk.panels import counter_panel, line_plot_panel
 from evidently.ui.workspace import RemoteWorkspace, Workspace
 
 from components.drift_features import PREDICTED_CLASS, numerical_columns
-from components.drift_rule import class_mix_p_value
-
-CLASS_MIX_TEST = "chi2_homogeneity"
+from components.drift_rule import CLASS_MIX_TEST, class_mix_p_value
 
 
 def _class_mix_test(

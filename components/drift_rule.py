@@ -24,6 +24,10 @@ from scipy import stats
 
 from components.drift_features import PREDICTED_CLASS, numerical_columns
 
+CLASS_MIX_TEST = (
+    "chi2_homogeneity"  # the name it is registered under with Evidently too
+)
+
 
 @dataclass(frozen=True)
 class Judgement:
@@ -68,6 +72,11 @@ def judge(reference: pd.DataFrame, current: pd.DataFrame, alpha: float) -> Judge
             " chi-square homogeneity for the predicted class)"
         ),
     )
+
+
+def test_of(feature: str) -> str:
+    """The two-sample test a feature gets."""
+    return CLASS_MIX_TEST if feature == PREDICTED_CLASS else "ks"
 
 
 def class_mix_p_value(reference: pd.Series, current: pd.Series) -> float:

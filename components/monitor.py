@@ -32,7 +32,7 @@ from components.drift_features import (
     model_scorer,
 )
 from components.drift_report import drift_report, drifted_count, publish
-from components.drift_rule import Judgement, judge
+from components.drift_rule import Judgement, judge, test_of
 from components.io import atomic_dir, read_json, write_json
 from components.sources import download_unlabelled
 
@@ -196,7 +196,7 @@ def _summary(
         "rule": verdict.rule,
         "alpha_per_feature": verdict.corrected_alpha,
         "scores": {
-            name: {"p_value": p, "method": _method(name)}
+            name: {"p_value": p, "method": test_of(name)}
             for name, p in verdict.p_values.items()
         },
         "evidently_drifted_count": evidently,
@@ -204,7 +204,3 @@ def _summary(
         "images": images,
         "seconds": seconds,
     }
-
-
-def _method(feature: str) -> str:
-    return "chi2_homogeneity" if feature == "predicted_class" else "ks"
