@@ -19,11 +19,16 @@ $(STAMP): requirements.lock
 pipeline: $(STAMP)
 	$(BIN)/dvc repro
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) test-tools lint typecheck
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) test-tools
 	$(BIN)/python -m pytest -m "not slow"
+
+# promtool for the alert-rule tests, unpacked into the venv (scripts/install-test-tools.sh).
+.PHONY: test-tools
+test-tools: $(STAMP)
+	bash scripts/install-test-tools.sh $(BIN)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -17,6 +17,7 @@ from components.config import (
     MonitorConfig,
     ParamsError,
     PromoteConfig,
+    ServeConfig,
     TrainConfig,
     TuneConfig,
     ValidateConfig,
@@ -270,6 +271,26 @@ def rollback(
         typer.echo(f"rollback FAILED: {error}", err=True)
         raise typer.Exit(code=3) from None
     typer.echo(result.reasons[0])
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    params: Params = DEFAULT_PARAMS,
+) -> None:
+    """Serve the registry's champion of promote.model_name over HTTP: POST /predict,
+    GET /health /ready /model /metrics, OpenAPI at /docs. Runs until interrupted."""
+    from components.registry_aliases import tracking_uri
+    from components.serve import serve as run
+    from components.serve.inputs import ImageLimits
+
+    checks = load_params("validate", ValidateConfig, params)
+    limits = ImageLimits(max_pixels=checks.max_pixels, min_side=checks.min_side,
+                         max_side=checks.max_side)  # fmt: skip
+    run(load_params("serve", ServeConfig, params),
+        model_name=load_params("promote", PromoteConfig, params).model_name,
+        tracking_uri=tracking_uri(), limits=limits, host=host, port=port)  # fmt: skip
 
 
 def main() -> None:

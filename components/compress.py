@@ -46,12 +46,12 @@ from components.quantize import (
     quantize_onnx,
     quantize_ptq,
 )
+from components.spec import ONNX_FILE
 from components.tracking import log_results, training_run
 from components.train_loop import Precision, run_epoch, seed_everything
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
 QAT_STATE_FILE = "qat_state.pt"  # the QAT graph's weights and quantizer ranges
 VARIANT_FILE = "variant.json"
 METRICS_FILE = "metrics.json"

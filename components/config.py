@@ -254,6 +254,9 @@ class MonitorConfig(_Section):
     # split:<name> (a split of the ingested dataset, unlabelled), a folder of images, or
     # s3://bucket/prefix (every image under it; at scale, the inference log's prefix).
     current: str = Field("split:val", min_length=1)
+    # When `current` is the serving prediction log (serve.log): judge the images it logged
+    # in the last window_hours.
+    window_hours: float = Field(24.0, gt=0)
     # Family-wise false-alarm rate per batch: each feature's test runs at alpha / features
     # (Bonferroni), so testing many features does not raise the rate of false alarms.
     alpha: float = Field(0.05, gt=0, lt=1)
@@ -266,6 +269,30 @@ class MonitorConfig(_Section):
     # Names of environment variables, never the secrets themselves.
     webhook_env: str = "DRIFT_WEBHOOK_URL"  # Slack-style incoming webhook
     pushgateway_env: str = "PROMETHEUS_PUSHGATEWAY"  # host:port of a Pushgateway
+
+
+class ServeConfig(_Section):
+    """The online service (components/serve): the champion of promote.model_name, served with
+    ONNX Runtime; image limits are validate's, so serving accepts what training accepted."""
+
+    workers: int = Field(0, ge=0)  # uvicorn worker processes; 0 = one per CPU
+    ort_threads: int = Field(0, ge=0)  # per session; 0 = CPUs // workers (at least 1)
+    reload_seconds: float = Field(10.0, gt=0)  # how often the registry aliases are read
+    # Share of requests (split on the request's image hash, so a retry lands on the same
+    # model) answered by the version at alias `challenger`; 0 = the champion answers all.
+    canary_fraction: float = Field(0.0, ge=0, le=1)
+    max_images: int = Field(64, ge=1)  # per request
+    max_body_bytes: int = Field(32_000_000, ge=1)  # per request
+    # The prediction log the drift monitor reads: a folder, or s3://bucket/prefix.
+    log: str = Field("serving/log", min_length=1)
+    log_sample_rate: float = Field(1.0, ge=0, le=1)  # share of answered images logged
+    log_flush_records: int = Field(256, ge=1)  # flush when this many are waiting ...
+    log_flush_seconds: float = Field(5.0, gt=0)  # ... or the oldest is this old
+    log_retries: int = Field(3, ge=0)  # per flush, with backoff; then kept for the next
+    log_max_pending: int = Field(
+        50_000, ge=1
+    )  # beyond this, records are dropped (counted)
+    p99_objective_ms: float = Field(50.0, gt=0)  # the latency alert's threshold (k8s/)
 
 
 SectionT = TypeVar("SectionT", bound=_Section)

@@ -7,15 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from components.images import decode
 from components.ingest import MANIFEST
-from components.model import ModelSpec
+from components.preprocess import normalise, to_pixels
+from components.spec import ModelSpec
 
-# Decoding is bounded by validate; this only guards a loader pointed at an unvalidated folder.
-_MAX_PIXELS = 64_000_000
+__all__ = ["ImageDataset", "input_contract", "read_split", "to_pixels", "to_tensor"]
 
 
 def read_split(data_dir: Path, split: str) -> pd.DataFrame:
@@ -62,18 +60,4 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
 
 def to_tensor(path: Path, spec: ModelSpec) -> torch.Tensor:
     """The model's input: `to_pixels`, normalised with the training mean and std."""
-    return (torch.from_numpy(to_pixels(path, spec)) - spec.mean) / spec.std
-
-
-def to_pixels(path: Path, spec: ModelSpec) -> np.ndarray:
-    """The image as the model sees it before normalisation: resized to the spec, (C, H, W)
-    float32 in [0, 1]. Raises ImageReadError naming the file."""
-    image = decode(path, channels=spec.in_channels, max_pixels=_MAX_PIXELS)
-    if image.size != (spec.image_size, spec.image_size):
-        image = image.resize(
-            (spec.image_size, spec.image_size), Image.Resampling.BILINEAR
-        )
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    # (H, W) grey or (H, W, C) colour -> (C, H, W)
-    pixels = pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    return np.ascontiguousarray(pixels)
+    return torch.from_numpy(normalise(to_pixels(path, spec), spec))

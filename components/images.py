@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,18 @@ class ImageTooLargeError(ImageReadError):
     """The header declares more pixels than allowed; nothing was decoded."""
 
 
+class UndecodableImageError(ImageReadError):
+    """The header was read but the pixel data was not (a truncated or corrupt file)."""
+
+
+class ImageSizeError(ImageReadError):
+    """A side is outside [min_side, max_side]; nothing was decoded."""
+
+
+# A file on disk, or the bytes of one (an upload), named in errors by `name`.
+ImageSource = Path | bytes
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     width: int
@@ -53,45 +66,65 @@ class PixelStats:
 
 def read_header(path: Path) -> ImageHeader:
     """Size and channel count from the file header alone: no pixel data is decoded."""
-    with _open(path) as image:
+    with _open(path, str(path)) as image:
         width, height = image.size
         mode = image.mode
     return ImageHeader(width=width, height=height, channels=_CHANNELS.get(mode, 3))
 
 
-def decode(path: Path, *, channels: int, max_pixels: int) -> Image.Image:
-    """Decode fully into 'L' (channels=1) or 'RGB' (channels=3), refusing oversized images.
+def decode(
+    source: ImageSource,
+    *,
+    channels: int,
+    max_pixels: int,
+    sides: tuple[int, int] | None = None,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode fully into 'L' (channels=1) or 'RGB' (channels=3), refusing oversized images
+    (and, with `sides` = (min_side, max_side), images with a side out of those bounds).
 
     The file is opened once: the size comes from the header, checked before any pixel data
     is decoded. Truncated files raise here: PIL only notices missing data when it decodes.
     """
-    with _open(path) as image:
+    label = name or str(source if isinstance(source, Path) else "<bytes>")
+    with _open(source, label) as image:
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(
-                f"{path}: {width}x{height} pixels exceeds the limit of "
+                f"{label}: {width}x{height} pixels exceeds the limit of "
                 f"{max_pixels} (refused without decoding)"
+            )
+        if (
+            sides
+            and not sides[0] <= min(width, height) <= max(width, height) <= sides[1]
+        ):
+            raise ImageSizeError(
+                f"{label}: {width}x{height} has a side outside [{sides[0]}, {sides[1]}]"
             )
         try:
             image.load()
             return image.convert("L" if channels == 1 else "RGB")
         except (OSError, ValueError, SyntaxError) as error:
-            raise ImageReadError(f"{path}: cannot be decoded ({error})") from error
+            raise UndecodableImageError(
+                f"{label}: cannot be decoded ({error})"
+            ) from error
 
 
-def _open(path: Path) -> Image.Image:
+def _open(source: ImageSource, label: str) -> Image.Image:
     """Image.open (header only), with Pillow's own size warnings silenced (the caller
     judges size) and its errors turned into ours, naming the file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(path)
+            return Image.open(
+                io.BytesIO(source) if isinstance(source, bytes) else source
+            )
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(
-            f"{path}: {error} (refused without decoding)"
+            f"{label}: {error} (refused without decoding)"
         ) from error
     except (UnidentifiedImageError, OSError) as error:
-        raise ImageReadError(f"{path}: not a readable image ({error})") from error
+        raise ImageReadError(f"{label}: not a readable image ({error})") from error
 
 
 def pixel_stats(image: Image.Image) -> PixelStats:

@@ -2,38 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from components.io import read_json, write_json
+from components.io import write_json
+from components.spec import (
+    LINEAGE_FILE,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    ModelSpec,
+)
 
-SPEC_FILE = "spec.json"
-WEIGHTS_FILE = "model.pt"
-LINEAGE_FILE = "lineage.json"  # git commit, dataset hash, params hash, MLflow run id
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Architecture and input contract of a trained model (written as spec.json)."""
-
-    arch: str
-    classes: list[str]
-    in_channels: int
-    image_size: int
-    channels: list[int]
-    hidden: int
-    dropout: float
-    mean: float  # input normalisation, pixel values scaled to [0, 1]
-    std: float
-    # True after structured pruning: layer widths then come from the saved weights.
-    channel_pruned: bool = False
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+__all__ = [
+    "LINEAGE_FILE",
+    "SPEC_FILE",
+    "WEIGHTS_FILE",
+    "BasicBlock",
+    "ModelSpec",
+    "SmallCNN",
+    "SmallResNet",
+    "build_model",
+    "load_model",
+    "save_model",
+    "shape_like",
+]
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -139,7 +134,7 @@ def save_model(model: nn.Module, spec: ModelSpec, out_dir: Path) -> None:
 
 
 def load_model(model_dir: Path) -> tuple[nn.Module, ModelSpec]:
-    spec = ModelSpec(**read_json(model_dir / SPEC_FILE))
+    spec = ModelSpec.read(model_dir)
     model = build_model(spec)
     weights_path = model_dir / WEIGHTS_FILE
     if not weights_path.is_file():

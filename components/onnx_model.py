@@ -6,11 +6,16 @@ import logging
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
-import torch
-from torch import nn
+
+if (
+    TYPE_CHECKING
+):  # torch is imported where a model is exported: serving runs without it
+    import torch
+    from torch import nn
 
 # The exporter logs one warning per torchvision op it cannot find; torchvision is not used.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -20,6 +25,8 @@ for _chatty in ("onnx_ir", "onnxscript"):  # a line per graph pass at INFO
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """One self-contained .onnx file (weights inside) with a dynamic batch dimension."""
+    import torch
+
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():
         torch.onnx.export(
@@ -35,6 +42,16 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     return path
 
 
+def cpu_session(source: str | bytes, threads: int) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session on `threads` intra-op threads (timings and a server's
+    workers each need a fixed share of the cores)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxModel:
     """An ONNX Runtime CPU session with a fixed thread count (timings need one)."""
 
@@ -43,17 +60,11 @@ class OnnxModel:
     ) -> None:
         """`embedding`: also expose the input of the last Gemm/MatMul (the penultimate
         layer) as a second output, for the drift monitor."""
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only
         self.path = path
         source: str | bytes = str(path)
         if embedding:
             source = _with_embedding_output(path)
-        self.session = ort.InferenceSession(
-            source, options, providers=["CPUExecutionProvider"]
-        )
+        self.session = cpu_session(source, threads)
         self.input_name: str = self.session.get_inputs()[0].name
 
     def logits(self, images: np.ndarray) -> np.ndarray:

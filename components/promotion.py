@@ -41,6 +41,9 @@ class Decision:
     promote: bool
     reasons: list[str]
     comparison: Comparison | None = None
+    # Not promoted, yet every floor held and it is not significantly worse than the
+    # champion: it becomes the `challenger` the service's canary may send traffic to.
+    challenger: bool = False
 
 
 def compare(candidate: Evidence, champion: Evidence) -> Comparison:
@@ -75,9 +78,10 @@ def decide(
             return Decision(False, failures)
         return Decision(True, [*passed, "no champion yet: judged on the floors alone"])
     comparison = compare(candidate, champion)
-    failures += _regression_failures(comparison, rules)
-    if failures:
-        return Decision(False, failures, comparison)
+    regression = _regression_failures(comparison, rules)
+    if failures or regression:
+        challenger = not failures and not comparison.p_worse < rules.alpha
+        return Decision(False, failures + regression, comparison, challenger)
     verdict = (
         f"significantly better than the champion (b={comparison.candidate_only}, "
         f"c={comparison.champion_only}, p={comparison.p_better:.4g} < {rules.alpha})"

@@ -30,15 +30,21 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from components.config import PromoteConfig
-from components.io import read_json, write_json
+from components.io import read_json, sha256_file, write_json
 from components.ledger import actor, append_ledger
-from components.model import LINEAGE_FILE
 from components.promotion import Decision, Evidence, decide
+from components.registry_aliases import (
+    CHALLENGER,
+    CHAMPION,
+    MODEL_ARTIFACTS,
+    ONNX_SHA256_TAG,
+    PREVIOUS,
+    alias_version,
+)
+from components.spec import LINEAGE_FILE, ONNX_FILE
 from components.tracking import tracking_uri
 
-CHAMPION, PREVIOUS = "champion", "previous"
 EVALUATION_ARTIFACTS = "evaluation"  # where evaluate logs its files on the training run
-MODEL_ARTIFACTS = "compression"  # where compress logs the shipped variant
 
 
 class RegistryError(RuntimeError):
@@ -73,12 +79,13 @@ def promote(
         raise RegistryError(f"{shipped_dir / LINEAGE_FILE}: no MLflow run to register")
     with _registry_errors():
         client = MlflowClient(tracking_uri())
-        before = _alias_version(client, cfg.model_name, CHAMPION)
+        before = alias_version(client, cfg.model_name, CHAMPION)
         champion = _champion_evidence(client, cfg.model_name, before)
         decision = decide(candidate, champion, cfg)
         version, after = None, before
         if not dry_run:
-            version = _register(client, cfg.model_name, run_id, lineage)
+            version = _register(client, cfg.model_name, run_id, lineage,
+                                sha256_file(shipped_dir / ONNX_FILE))  # fmt: skip
             after, decision = _apply(client, cfg, version, before, decision)
             _tag_decision(client, cfg.model_name, version, decision, before)
     verdict = "promoted" if decision.promote else "rejected"
@@ -103,8 +110,8 @@ def rollback(cfg: PromoteConfig, *, to_version: str | None = None) -> PromotionR
     """Move `champion` back to `previous` (or `to_version`); the demoted version becomes
     `previous`, so a second rollback undoes the first."""
     with _registry_errors(), registry_lock(MlflowClient(tracking_uri()), cfg) as client:
-        current = _alias_version(client, cfg.model_name, CHAMPION)
-        target = to_version or _alias_version(client, cfg.model_name, PREVIOUS)
+        current = alias_version(client, cfg.model_name, CHAMPION)
+        target = to_version or alias_version(client, cfg.model_name, PREVIOUS)
         if current is None or target is None:
             raise RegistryError(
                 f"{cfg.model_name}: nothing to roll back (champion {current}, "
@@ -187,9 +194,11 @@ def _apply(
     """Compare-and-set the champion alias; returns the champion after and the decision
     (turned into a rejection when another promotion moved the champion meanwhile)."""
     if not decision.promote:
+        if decision.challenger:
+            client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
         return before, decision
     with registry_lock(client, cfg):
-        now = _alias_version(client, cfg.model_name, CHAMPION)
+        now = alias_version(client, cfg.model_name, CHAMPION)
         if now != before:
             lost = (
                 f"the champion moved from {before} to {now} while this gate ran "
@@ -199,18 +208,23 @@ def _apply(
         if before is not None:
             client.set_registered_model_alias(cfg.model_name, PREVIOUS, before)
         client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+        if alias_version(client, cfg.model_name, CHALLENGER) is not None:
+            # The canary compared the old champion with a candidate; both are gone.
+            client.delete_registered_model_alias(cfg.model_name, CHALLENGER)
     return version, decision
 
 
 def _register(
-    client: MlflowClient, name: str, run_id: str, lineage: dict[str, Any]
-) -> str:
+    client: MlflowClient, name: str, run_id: str, lineage: dict[str, Any],
+    onnx_sha256: str,
+) -> str:  # fmt: skip
     try:
         client.create_registered_model(name)
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     tags = {f"lineage.{k}": str(v) for k, v in lineage.items()}
+    tags[ONNX_SHA256_TAG] = onnx_sha256
     version = client.create_model_version(
         name, source=f"runs:/{run_id}/{MODEL_ARTIFACTS}", run_id=run_id, tags=tags
     )
@@ -228,15 +242,6 @@ def _tag_decision(client: MlflowClient, name: str, version: str, decision: Decis
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-
-
-def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
 
 
 def _champion_evidence(

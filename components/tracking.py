@@ -25,7 +25,18 @@ from ray.train import UserCallback
 from components.config import read_params
 from components.io import read_json
 from components.model import LINEAGE_FILE
+from components.registry_aliases import tracking_uri
 from components.train_loop import REPORTED_AT
+
+__all__ = [
+    "EpochLogger",
+    "Lineage",
+    "log_results",
+    "log_summary",
+    "mlflow_run",
+    "tracking_uri",
+    "training_run",
+]
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests runs under it
 
@@ -50,15 +61,6 @@ class Lineage:
 
     def tags(self) -> dict[str, str]:
         return {f"lineage.{key}": str(value) for key, value in asdict(self).items()}
-
-
-def tracking_uri() -> str:
-    """MLflow's URI with a relative SQLite path made absolute (other processes, other cwd)."""
-    uri = mlflow.get_tracking_uri()
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri.removeprefix(prefix)).resolve())
-    return uri
 
 
 @contextmanager

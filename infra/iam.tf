@@ -10,6 +10,7 @@ locals {
     mlflow           = data.aws_iam_policy_document.mlflow.json
     ray              = data.aws_iam_policy_document.ray.json
     prefect-flow-run = data.aws_iam_policy_document.prefect_flow_run.json
+    serve            = data.aws_iam_policy_document.serve.json
   }
 
   data_bucket      = module.bucket["data"].arn
@@ -114,7 +115,8 @@ data "aws_iam_policy_document" "ray" {
 }
 
 # Flow-run pods: DVC push/pull (dvc/), raw images to ingest (raw/, read only), the best
-# checkpoint Ray wrote (ray/, read only), inference batches for the monitor (read only).
+# checkpoint Ray wrote (ray/, read only), what the monitor judges (read only): inference
+# batches (batches/) or the model service's prediction log (serving-log/).
 data "aws_iam_policy_document" "prefect_flow_run" {
   statement {
     sid       = "ListData"
@@ -148,7 +150,7 @@ data "aws_iam_policy_document" "prefect_flow_run" {
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["ray/*", "batches/*"]
+      values   = ["ray/*", "batches/*", "serving-log/*"]
     }
   }
 
@@ -158,12 +160,31 @@ data "aws_iam_policy_document" "prefect_flow_run" {
     resources = [
       "${local.artifacts_bucket}/ray/*",
       "${local.inference_bucket}/batches/*",
+      "${local.inference_bucket}/serving-log/*",
     ]
   }
 
   statement {
     sid       = "UseBucketKey"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.s3.arn]
+  }
+}
+
+# Model service (k8s/base/serving): writes its prediction log under serving-log/ (params
+# serve.log) and nothing else. It only PUTs (records and images, each object whole); the
+# monitor reads the log with the flow-run role. Models come through the MLflow server.
+data "aws_iam_policy_document" "serve" {
+  statement {
+    sid       = "WriteServingLog"
+    actions   = ["s3:PutObject"]
+    resources = ["${local.inference_bucket}/serving-log/*"]
+  }
+
+  # Encrypting a new object needs a data key only; the role decrypts nothing.
+  statement {
+    sid       = "UseBucketKey"
+    actions   = ["kms:GenerateDataKey"]
     resources = [aws_kms_key.s3.arn]
   }
 }

@@ -23,6 +23,11 @@ output "inference_log_prefix" {
   value       = "s3://${module.bucket["inference-log"].name}/batches"
 }
 
+output "serving_log_prefix" {
+  description = "params.yaml serve.log at scale (and monitor.current, to judge what was served)."
+  value       = "s3://${module.bucket["inference-log"].name}/serving-log"
+}
+
 output "irsa_role_arns" {
   description = "ServiceAccount name => IAM role ARN, for eks.amazonaws.com/role-arn."
   value       = { for name, role in aws_iam_role.irsa : name => role.arn }

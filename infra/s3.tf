@@ -9,7 +9,9 @@ locals {
     # mlflow/: MLflow artifacts (--artifacts-destination); ray/: Ray Train checkpoints
     # (params train.storage_path).
     artifacts = "MLflow artifacts and Ray checkpoints"
-    # batches/: inference inputs the drift monitor judges (params monitor.current).
+    # batches/: inference inputs the drift monitor judges (params monitor.current);
+    # serving-log/: the model service's prediction log (params serve.log), which the
+    # monitor may judge instead.
     inference-log = "Inference log"
   }
 }

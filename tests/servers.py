@@ -123,3 +123,19 @@ def moto_server(workdir: Path) -> Iterator[str]:
     command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
     with serve(command, f"http://127.0.0.1:{port}/moto-api/", workdir):
         yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def model_service(
+    workdir: Path, params: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`python -m components serve` with `params`; yields its base URL once /health
+    answers (a champion may not be loaded yet: poll /ready for that)."""
+    port = free_port()
+    command = [sys.executable, "-m", "components", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--params", str(params)]  # fmt: skip
+    root = str(Path(__file__).resolve().parents[1])
+    variables = {"PYTHONPATH": root, **(env or {})}
+    url = f"http://127.0.0.1:{port}"
+    with serve(command, f"{url}/health", workdir, variables):
+        yield url

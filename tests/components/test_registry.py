@@ -7,39 +7,14 @@ import threading
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 
 import components.registry as registry
 from components.config import PromoteConfig
 from components.registry import RegistryError, promote, rollback
+from tests.registered import log_candidate as _candidate
 
 pytestmark = pytest.mark.slow
-ITEMS = 60
-
-
-def _candidate(root: Path, name: str, errors: int) -> tuple[Path, Path]:
-    """A finished training run on the server as evaluate and compress leave it: the
-    evaluation files and the shipped model logged on it, lineage naming it."""
-    evaluation, shipped = root / name / "evaluation", root / name / "compressed"
-    evaluation.mkdir(parents=True)
-    shipped.mkdir(parents=True)
-    wrong = set(range(0, ITEMS, ITEMS // errors)) if errors else set()
-    correct = [i not in wrong for i in range(ITEMS)]
-    pd.DataFrame({"sha256": [f"item-{i}" for i in range(ITEMS)], "correct": correct}
-                 ).to_parquet(evaluation / "predictions.parquet")  # fmt: skip
-    accuracy = sum(correct) / ITEMS
-    (evaluation / "metrics.json").write_text(json.dumps({"test_accuracy": accuracy}))
-    (evaluation / "slices.json").write_text(
-        json.dumps({"brightness:low": {"accuracy": accuracy, "count": ITEMS}})
-    )
-    (shipped / "model.onnx").write_bytes(b"onnx bytes")
-    with mlflow.start_run(run_name=name) as run:
-        mlflow.log_artifacts(str(evaluation), artifact_path="evaluation")
-        mlflow.log_artifacts(str(shipped), artifact_path="compression")
-    (shipped / "lineage.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id,
-                                                      "git_commit": "abc"}))  # fmt: skip
-    return evaluation, shipped
 
 
 @pytest.fixture
