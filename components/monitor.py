@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +35,12 @@ from components.drift_features import (
 from components.drift_report import drift_report, drifted_count, publish
 from components.drift_rule import Judgement, judge, test_of
 from components.io import atomic_dir, read_json, write_json
+from components.prediction_log import (
+    fetch_images,
+    is_prediction_log,
+    read_predictions,
+    served_over_time,
+)
 from components.sources import download_unlabelled
 
 log = logging.getLogger(__name__)
@@ -85,7 +92,7 @@ def monitor(
         )
     clock = {"start": time.perf_counter()}
     with tempfile.TemporaryDirectory(prefix="monitor-") as scratch:
-        paths = _current_images(source, data_dir, Path(scratch))
+        paths, served = _current_images(source, data_dir, Path(scratch), cfg)
         if len(paths) < cfg.min_images:
             raise MonitorInputError(
                 f"monitor.current {source!r}: {len(paths)} images, fewer than "
@@ -108,6 +115,8 @@ def monitor(
         "dataset": str(described.get("dataset_content_hash", ""))[:12],
     }
     summary = _summary(verdict, source, len(batch), snapshot, seconds)
+    if served is not None:
+        summary["served"] = served
     with atomic_dir(report_dir) as staging:
         write_json(staging / DRIFT_JSON, summary)
         snapshot.save_html(str(staging / DRIFT_HTML))
@@ -160,25 +169,32 @@ def _reference(
     )
 
 
-def _current_images(source: str, data_dir: Path | None, scratch: Path) -> list[Path]:
-    """split:<name> of the ingested dataset, s3://bucket/prefix, or a folder (any depth)."""
+def _current_images(
+    source: str, data_dir: Path | None, scratch: Path, cfg: MonitorConfig
+) -> tuple[list[Path], dict[str, object] | None]:
+    """split:<name> of the ingested dataset, the service's prediction log (its last
+    cfg.window_hours), s3://bucket/prefix, or a folder (any depth). With a log, also what
+    the service answered over time."""
     if source.startswith("split:"):
         if data_dir is None:
             raise MonitorInputError(f"monitor.current {source!r} needs --data-dir")
         rows = read_split(data_dir, source.removeprefix("split:"))
-        return [data_dir / path for path in rows["path"]]
-    if source.startswith("s3://"):
-        return download_unlabelled(source, scratch)
-    folder = Path(source)
-    if not folder.is_dir():
+        return [data_dir / path for path in rows["path"]], None
+    if not source.startswith("s3://") and not Path(source).is_dir():
         raise MonitorInputError(
             f"monitor.current {source!r}: not a folder, split:<name> or s3:// prefix"
         )
+    if is_prediction_log(source):
+        window = timedelta(hours=cfg.window_hours)
+        records = read_predictions(source, window=window)
+        return fetch_images(source, records, scratch), served_over_time(records, window)
+    if source.startswith("s3://"):
+        return download_unlabelled(source, scratch), None
     return sorted(
         path
-        for path in folder.rglob("*")
+        for path in Path(source).rglob("*")
         if path.is_file() and not path.name.startswith(".")
-    )
+    ), None
 
 
 def _summary(

@@ -257,3 +257,26 @@ class _S3Store:
         body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         data: bytes = body.read()
         return data
+
+
+def served_over_time(
+    records: list[dict[str, Any]], window: timedelta
+) -> dict[str, Any]:
+    """What the service answered, per hour and model version: images, mean confidence,
+    and the share of each label (the monitor reports it beside the drift verdict)."""
+    hours: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        hour = f"{record['time'][:13]}:00"
+        hours.setdefault((hour, str(record["model_version"])), []).append(record)
+    rows = []
+    for (hour, version), items in sorted(hours.items()):
+        labels = [item["label"] for item in items]
+        rows.append({
+            "hour": hour, "model_version": version, "images": len(items),
+            "mean_confidence": sum(item["confidence"] for item in items) / len(items),
+            "labels": {label: labels.count(label) / len(labels)
+                       for label in sorted(set(labels))},
+        })  # fmt: skip
+    return {"window_hours": window.total_seconds() / 3600, "records": len(records),
+            "versions": sorted({row["model_version"] for row in rows}),
+            "by_hour": rows}  # fmt: skip

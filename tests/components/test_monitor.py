@@ -4,9 +4,11 @@ a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +29,12 @@ from components.drift_features import PREDICTED_CLASS, image_statistics
 from components.drift_rule import class_mix_p_value, judge
 from components.images import ImageReadError
 from components.monitor import MonitorInputError, monitor
+from components.prediction_log import (
+    LoggedPrediction,
+    PredictionLogWriter,
+    image_key,
+    open_store,
+)
 from tests.conftest import TINY_PARAMS
 
 # --- the rule, pure -----------------------------------------------------------------------
@@ -265,3 +273,32 @@ def test_an_undelivered_alert_fails_the_run_after_the_reports(
         _run(reference, _cfg(tmp_path), tmp_path / "drift", str(folder))
     assert "secret-token" not in str(error.value)
     assert json.loads((tmp_path / "drift/drift.json").read_text())["drift_detected"]
+
+
+def test_the_prediction_log_is_judged_over_its_window(
+    reference: dict[str, Path], tmp_path: Path
+) -> None:
+    """The service's log as the batch: only records inside monitor.window_hours count, an
+    image sent twice counts twice, and what was served is reported over time."""
+    data, log = reference["data"], tmp_path / "log"
+    writer = PredictionLogWriter(open_store(str(log)), flush_records=10_000,
+                                 flush_seconds=60, retries=0, max_pending=10_000)  # fmt: skip
+    now = datetime.now(UTC)
+    paths = list(read_split(data, "val")["path"])
+    for index, path in enumerate(paths + paths[:5]):
+        image = (data / path).read_bytes()
+        digest = hashlib.sha256(image).hexdigest()
+        writer.add(LoggedPrediction(time=now.isoformat(), request_id=str(index),
+                                    sha256=digest, image=image_key(digest, "png"),
+                                    model_name="m", model_version="3", alias="champion",
+                                    label="class_0", confidence=0.9,
+                                    probabilities={"class_0": 0.9}), image)  # fmt: skip
+    writer.close()
+    old = log / "records/2000-01-01/00/old.jsonl"  # outside the window: never read
+    old.parent.mkdir(parents=True)
+    old.write_text("not even JSON\n")
+    result = _run(reference, _cfg(tmp_path), tmp_path / "drift", str(log))
+    assert result.images == len(paths) + 5 and not result.drift_detected
+    served = json.loads((tmp_path / "drift/drift.json").read_text())["served"]
+    assert served["records"] == len(paths) + 5 and served["versions"] == ["3"]
+    assert served["by_hour"][0]["mean_confidence"] == pytest.approx(0.9)

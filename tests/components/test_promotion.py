@@ -50,6 +50,10 @@ def test_never_promotes_below_a_floor_or_a_significantly_worse_model(
     rules = RULES.model_copy(update={"require_improvement": require_improvement})
     decision = decide(candidate, champion, rules)
     assert decision.reasons and all(decision.reasons)  # never empty
+    assert not (decision.promote and decision.challenger)
+    if decision.challenger:  # the canary may serve it: floors held, not worse
+        assert champion is not None and candidate.accuracy >= rules.min_accuracy
+        assert compare(candidate, champion).p_worse >= rules.alpha
     if not decision.promote:
         return
     assert candidate.accuracy >= rules.min_accuracy
@@ -85,6 +89,7 @@ def test_a_significantly_worse_model_is_rejected_and_noise_is_not() -> None:
     worse = _evidence(_spread(200, 20))  # 20 discordant items, all against it
     decision = decide(worse, champion, RULES)
     assert not decision.promote and "significantly worse" in decision.reasons[0]
+    assert not decision.challenger
     # one item worse out of 200 is noise: promoted (not significantly worse)
     noisy = decide(_evidence(_spread(200, 1)), champion, RULES)
     assert noisy.promote and "not significantly worse" in noisy.reasons[-1]
@@ -95,6 +100,7 @@ def test_require_improvement_needs_a_significant_gain() -> None:
     champion = _evidence(_spread(200, 30))
     same = decide(_evidence(_spread(200, 30)), champion, rules)
     assert not same.promote and "not significantly better" in same.reasons[0]
+    assert same.challenger  # no worse: the canary may try it on live traffic
     better = decide(_evidence([True] * 200), champion, rules)
     assert better.promote and "significantly better" in better.reasons[-1]
 

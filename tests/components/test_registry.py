@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import components.registry as registry
 from components.config import PromoteConfig
 from components.registry import RegistryError, promote, rollback
+from components.registry_aliases import ONNX_SHA256_TAG
 from tests.registered import log_candidate as _candidate
 
 pytestmark = pytest.mark.slow
@@ -47,6 +49,9 @@ def test_promote_reject_and_rollback(gate: PromoteConfig, tmp_path: Path) -> Non
         "promoted", None, first.candidate_version)  # fmt: skip
     report = json.loads((tmp_path / "first" / "promotion.json").read_text())
     assert report["decision"] == "promoted" and report["reasons"]
+    registered = client.get_model_version(gate.model_name, first.candidate_version)
+    shipped = (tmp_path / "first" / "compressed" / "model.onnx").read_bytes()
+    assert registered.tags[ONNX_SHA256_TAG] == hashlib.sha256(shipped).hexdigest()
 
     evaluation, shipped = _candidate(tmp_path, "dry", errors=12)
     versions = len(client.search_model_versions(f"name='{gate.model_name}'"))
@@ -64,8 +69,16 @@ def test_promote_reject_and_rollback(gate: PromoteConfig, tmp_path: Path) -> Non
     assert tags["promotion.decision"] == "rejected"
     assert "significantly worse" in tags["promotion.reasons"]
 
+    improve = gate.model_copy(update={"require_improvement": True})
+    same = _promote(improve, tmp_path, "same", errors=2)  # no worse, not better
+    assert same.decision == "rejected"
+    challenger = client.get_model_version_by_alias(gate.model_name, "challenger")
+    assert challenger.version == same.candidate_version
+
     second = _promote(gate, tmp_path, "second", errors=2)
     assert second.decision == "promoted"
+    with pytest.raises(mlflow.exceptions.MlflowException):  # promotion ends the canary
+        client.get_model_version_by_alias(gate.model_name, "challenger")
     champion = client.get_model_version_by_alias(gate.model_name, "champion")
     previous = client.get_model_version_by_alias(gate.model_name, "previous")
     assert (champion.version, previous.version) == (second.candidate_version,
@@ -78,7 +91,7 @@ def test_promote_reject_and_rollback(gate: PromoteConfig, tmp_path: Path) -> Non
     assert champion.version == first.candidate_version
 
     actions = [entry["action"] for entry in _ledger(gate)]
-    assert actions == ["promoted", "rejected", "promoted", "rollback"]
+    assert actions == ["promoted", "rejected", "rejected", "promoted", "rollback"]
     assert all(entry["actor"] and entry["time"] for entry in _ledger(gate))
 
 

@@ -86,7 +86,9 @@ def _version(url: str) -> str | None:
 
 def _files(images: list[bytes], names: list[str] | None = None) -> list:
     names = names or [f"img-{i}.png" for i in range(len(images))]
-    return [("files", (n, data, "image/png")) for n, data in zip(names, images, strict=True)]
+    return [
+        ("files", (n, data, "image/png")) for n, data in zip(names, images, strict=True)
+    ]
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
