@@ -289,9 +289,9 @@ class ServeConfig(_Section):
     log_flush_records: int = Field(256, ge=1)  # flush when this many are waiting ...
     log_flush_seconds: float = Field(5.0, gt=0)  # ... or the oldest is this old
     log_retries: int = Field(3, ge=0)  # per flush, with backoff; then kept for the next
-    log_max_pending: int = Field(
-        50_000, ge=1
-    )  # beyond this, records are dropped (counted)
+    # Kept in memory while the log cannot be written; beyond, records are dropped (counted).
+    log_max_pending: int = Field(50_000, ge=1)
+    log_max_pending_mb: int = Field(256, ge=1)  # of images waiting, likewise
     p99_objective_ms: float = Field(50.0, gt=0)  # the latency alert's threshold (k8s/)
 
 

@@ -69,20 +69,24 @@ class PredictionLogWriter:
     """Buffers records and their images in memory; a thread flushes them every
     `flush_seconds`, or sooner once `flush_records` wait. A failed flush is retried
     `retries` times with backoff, then kept for the next flush (beyond `max_pending`
-    records the oldest are dropped and counted); `close()` drains what is left."""
+    records the oldest are dropped, and beyond `max_pending_bytes` of images waiting new
+    records are, each counted: memory stays bounded through a long storage outage);
+    `close()` drains what is left."""
 
     def __init__(self, store: Store, *, flush_records: int, flush_seconds: float,
-                 retries: int, max_pending: int,
+                 retries: int, max_pending: int, max_pending_bytes: int = 256 << 20,
                  on_failure: Callable[[], None] = lambda: None,
                  on_written: Callable[[int], None] = lambda n: None,
                  on_dropped: Callable[[int], None] = lambda n: None) -> None:  # fmt: skip
         self._store = store
         self._flush_records, self._flush_seconds = flush_records, flush_seconds
         self._retries, self._max_pending = retries, max_pending
+        self._max_bytes = max_pending_bytes
         self._on_failure, self._on_written, self._on_dropped = (
             on_failure, on_written, on_dropped)  # fmt: skip
         self._records: list[LoggedPrediction] = []
         self._images: dict[str, bytes] = {}  # key -> bytes, not yet written
+        self._image_bytes = 0  # in self._images
         self._written: set[str] = set()  # image keys this process already wrote
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -96,9 +100,14 @@ class PredictionLogWriter:
     def add(self, record: LoggedPrediction, image: bytes) -> None:
         """Queue one record (never blocks on I/O)."""
         with self._lock:
+            new_image = record.image not in self._written | self._images.keys()
+            if new_image and self._image_bytes + len(image) > self._max_bytes:
+                self._on_dropped(1)
+                return
             self._records.append(record)
-            if record.image not in self._written:
+            if new_image:
                 self._images[record.image] = image
+                self._image_bytes += len(image)
             waiting = len(self._records)
         if waiting >= self._flush_records:
             self._wake.set()
@@ -116,7 +125,7 @@ class PredictionLogWriter:
         """Write what is queued; False (and everything kept) when the store refused."""
         with self._lock:
             records, images = self._records, self._images
-            self._records, self._images = [], {}
+            self._records, self._images, self._image_bytes = [], {}, 0
         if not records and not images:
             return True
         for attempt in range(self._retries + 1):
@@ -150,6 +159,7 @@ class PredictionLogWriter:
         with self._lock:
             self._records = records + self._records
             self._images = {**images, **self._images}
+            self._image_bytes = sum(len(data) for data in self._images.values())
             excess = len(self._records) - self._max_pending
             if excess > 0:
                 del self._records[:excess]

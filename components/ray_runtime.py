@@ -26,8 +26,10 @@ def ensure_ray(min_cpus: int) -> None:
         ray.init(runtime_env=runtime_env, log_to_driver=True)
     else:
         cpus = max(os.cpu_count() or 1, min_cpus)
+        # address="local": always a private instance of this process, never one that
+        # another pipeline on the machine started ("Found multiple active Ray instances").
         # The dashboard stays on: Ray Train's placement-group cleaner needs its State API.
-        ray.init(num_cpus=cpus, runtime_env=runtime_env)
+        ray.init(address="local", num_cpus=cpus, runtime_env=runtime_env)
 
 
 def storage_path_for(configured: str) -> str:

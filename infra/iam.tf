@@ -181,7 +181,8 @@ data "aws_iam_policy_document" "serve" {
     resources = ["${local.inference_bucket}/serving-log/*"]
   }
 
-  # Encrypting a new object needs a data key only; the role decrypts nothing.
+  # A single-part PUT of an SSE-KMS object needs a data key only (a multipart upload would
+  # need kms:Decrypt too; the writer's put_object never does one).
   statement {
     sid       = "UseBucketKey"
     actions   = ["kms:GenerateDataKey"]

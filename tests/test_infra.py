@@ -215,7 +215,7 @@ def test_policy_check_catches_wildcards() -> None:
 def test_irsa_roles_trust_one_service_account_each() -> None:
     iam = _parse(INFRA / "iam.tf")
     policies = iam["locals"][0]["irsa_policies"]
-    assert set(policies) == {"mlflow", "ray", "prefect-flow-run"}
+    assert set(policies) == {"mlflow", "ray", "prefect-flow-run", "serve"}
     trust = next(b for t, n, b in _blocks("data") if n == "irsa_trust")
     statement = trust["statement"][0]
     assert statement["actions"] == ["sts:AssumeRoleWithWebIdentity"]
@@ -230,8 +230,14 @@ def test_irsa_roles_trust_one_service_account_each() -> None:
     assert conditions["${local.oidc_issuer}:aud"]["values"] == ["sts.amazonaws.com"]
     # Each pod's rights end at its own prefixes.
     documents = {n: b for t, n, b in _blocks("data") if t == "aws_iam_policy_document"}
-    expected_prefixes = {"mlflow": {"mlflow"}, "ray": {"ray"}}
-    expected_prefixes["prefect_flow_run"] = {"dvc", "raw", "ray", "batches"}
+    expected_prefixes = {"mlflow": {"mlflow"}, "ray": {"ray"}, "serve": {"serving-log"}}
+    expected_prefixes["prefect_flow_run"] = {
+        "dvc",
+        "raw",
+        "ray",
+        "batches",
+        "serving-log",
+    }
     for name, prefixes in expected_prefixes.items():
         objects = [
             resource
@@ -241,6 +247,48 @@ def test_irsa_roles_trust_one_service_account_each() -> None:
         ]
         found = {re.search(r"/([a-z-]+)/\*$", resource)[1] for resource in objects}
         assert found == prefixes, (name, found)
+
+
+def _statement_grants(document: dict[str, Any]) -> set[tuple[str, str]]:
+    """(action, resource) of every Allow statement."""
+    return {
+        (action, resource)
+        for statement in _statements(document)
+        if statement.get("effect", "Allow") == "Allow"
+        for action in statement["actions"]
+        for resource in statement["resources"]
+    }
+
+
+def test_serve_role_only_writes_the_serving_log() -> None:
+    documents = {n: b for t, n, b in _blocks("data") if t == "aws_iam_policy_document"}
+    serve = documents["serve"]
+    # PUT under serving-log/ of the inference-log bucket, a data key to encrypt it, and
+    # nothing else: no reads, no listing, no deletes, no other prefix or bucket.
+    assert _statement_grants(serve) == {
+        ("s3:PutObject", "${local.inference_bucket}/serving-log/*"),
+        ("kms:GenerateDataKey", "${aws_kms_key.s3.arn}"),
+    }
+    assert not any("condition" in statement for statement in _statements(serve))
+    # The drift monitor (a flow-run pod) reads what the service wrote.
+    flow_run = _statement_grants(documents["prefect_flow_run"])
+    assert ("s3:GetObject", "${local.inference_bucket}/serving-log/*") in flow_run
+    listing = next(
+        statement
+        for statement in _statements(documents["prefect_flow_run"])
+        if "${local.inference_bucket}" in statement["resources"]
+    )
+    assert listing["actions"] == ["s3:ListBucket"]
+    assert "serving-log/*" in listing["condition"][0]["values"]
+    # The service writes where params serve.log points at scale.
+    outputs = {
+        n: b
+        for entry in _parse(INFRA / "outputs.tf")["output"]
+        for n, b in entry.items()
+    }
+    assert outputs["serving_log_prefix"]["value"] == (
+        's3://${module.bucket["inference-log"].name}/serving-log'
+    )
 
 
 def test_irsa_role_names_match_the_k8s_service_account_annotations() -> None:
@@ -318,6 +366,7 @@ def test_outputs_name_what_the_pipeline_needs() -> None:
         "ray_storage_path",
     } <= outputs
     assert {"irsa_role_arns", "bucket_names", "gpu_node_group"} <= outputs
+    assert {"inference_log_prefix", "serving_log_prefix"} <= outputs
 
 
 def test_terraform_files_are_formatted() -> None:

@@ -4,7 +4,8 @@ Overlays are rendered with `kubectl kustomize` (kustomize v5 built into kubectl)
 rendered objects and every resource file are validated against the Kubernetes 1.33 schemas
 (kubernetes-validate, strict). Custom resources (RayCluster, PrometheusRule, ServiceMonitor)
 are validated against the trimmed schemas in k8s/schemas/, whose pod templates and container
-fields point into the same Kubernetes schemas. Alert rules go through promtool.
+fields point into the same Kubernetes schemas. Alert rules go through promtool
+(scripts/install-test-tools.sh puts it in the venv; `make test` runs that first).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,12 @@ K8S = ROOT / "k8s"
 MONITORING = K8S / "base" / "monitoring"
 RULES = MONITORING / "drift-rules.yaml"
 RULE_TESTS = MONITORING / "drift-rules.test.yaml"
+SERVE_RULES = MONITORING / "serve-rules.yaml"
+SERVE_RULE_TESTS = MONITORING / "serve-rules.test.yaml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 PROMETHEUS_RULE = K8S / "components" / "prometheus-operator" / "prometheusrule.yaml"
+ADAPTER = K8S / "components" / "prometheus-adapter"
+ADAPTER_VALUES = ADAPTER / "adapter-values.yaml"  # Helm values, not a kustomize input
 JOB_TEMPLATE = K8S / "base" / "prefect-worker" / "base-job-template.json"
 OVERLAYS = ["dev", "prod"]
 KUBERNETES_VERSION = "1.33.0"
@@ -45,6 +51,25 @@ DRIFT_METRICS = {
     "mlops_drift_batch_images",
     "mlops_drift_last_run_timestamp_seconds",
 }
+# What every serve pod's /metrics exposes (components/serve/metrics.py), scraped as
+# job="serve"; histograms as the series Prometheus stores.
+SERVE_METRICS = {
+    "mlops_serve_requests_total",
+    "mlops_serve_predictions_total",
+    "mlops_serve_errors_total",
+    "mlops_serve_model_version",
+    "mlops_serve_ready",
+    "mlops_serve_model_loads_total",
+    "mlops_serve_log_records_total",
+    "mlops_serve_log_flush_failures_total",
+    "mlops_serve_log_dropped_total",
+} | {
+    f"mlops_serve_{histogram}_{suffix}"
+    for histogram in ("request_seconds", "batch_size", "confidence")
+    for suffix in ("bucket", "sum", "count")
+}
+# Rule file -> the PrometheusRule (components/prometheus-operator) holding its groups.
+RULE_FILES = {RULES: "mlops-drift", SERVE_RULES: "mlops-serve"}
 CUSTOM_SCHEMAS = {
     ("ray.io/v1", "RayCluster"): "raycluster.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
@@ -60,11 +85,12 @@ WRITABLE_ROOT_ALLOWED = {"prefect flow-run job/prefect-job"}
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
+    venv_bin = Path(sys.executable).parent / name  # where install-test-tools.sh puts it
+    path = shutil.which(name) or (str(venv_bin) if venv_bin.is_file() else None)
     if path is None:
         pytest.fail(
-            f"{name} not on PATH: promtool comes from Debian's prometheus package "
-            "(.ci/run installs it); kubectl ships kustomize (on the project's machines)"
+            f"{name} not found: promtool comes from scripts/install-test-tools.sh "
+            "(make test runs it); kubectl ships kustomize (on the project's machines)"
         )
     return path
 
@@ -299,7 +325,8 @@ def test_no_yaml_file_is_orphaned() -> None:
     referenced = {
         path.resolve() for k in _kustomizations() for _, path in _references(k)
     }
-    referenced |= {p.resolve() for p in _kustomizations()} | {RULE_TESTS.resolve()}
+    referenced |= {p.resolve() for p in _kustomizations()}
+    referenced |= {p.resolve() for p in (RULE_TESTS, SERVE_RULE_TESTS, ADAPTER_VALUES)}
     orphans = [p for p in K8S.rglob("*.y*ml") if p.resolve() not in referenced]
     assert not orphans, f"YAML files no kustomization uses: {orphans}"
 
@@ -317,6 +344,12 @@ def test_overlay_renders_with_the_expected_objects(overlay: str) -> None:
         ("Service", "ray-head"),
         ("ConfigMap", "prometheus-drift-rules"),
         ("ConfigMap", "grafana-dashboard-mlops-drift"),
+        ("Deployment", "serve"),
+        ("Service", "serve"),
+        ("ServiceAccount", "serve"),
+        ("PodDisruptionBudget", "serve"),
+        ("HorizontalPodAutoscaler", "serve"),
+        ("ConfigMap", "prometheus-serve-rules"),
     ]:
         assert expected in kinds, f"{overlay}: {expected} missing"
     namespaced = [d for d in docs if d["kind"] != "Namespace"]
@@ -369,7 +402,9 @@ def test_schema_validation_rejects_bad_objects() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_workload_is_locked_down_and_sized(overlay: str) -> None:
     workloads = [d for d in _render(overlay) if list(_pod_specs(d))]
-    assert len(workloads) >= 5
+    assert len(workloads) >= 6 and ("Deployment", "serve") in {
+        (d["kind"], d["metadata"]["name"]) for d in workloads
+    }
     problems = [p for doc in workloads for p in workload_problems(doc)]
     assert not problems, f"overlays/{overlay}:\n" + "\n".join(problems)
 
@@ -608,39 +643,229 @@ def test_evidently_ui_serves_a_persistent_workspace() -> None:
     _named(docs, "Service", "evidently-ui")
 
 
-# --- alert rules -----------------------------------------------------------------------
+# --- the model service -----------------------------------------------------------------
 
 
-def test_promtool_accepts_the_rules() -> None:
-    result = _promtool("check", "rules", RULES.name, cwd=MONITORING)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+def _serve(overlay: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The rendered serve Deployment, its pod spec and its one container."""
+    deployment = _named(_render(overlay), "Deployment", "serve")
+    pod = deployment["spec"]["template"]["spec"]
+    return deployment, pod, pod["containers"][0]
 
 
-def test_promtool_rule_unit_tests_pass() -> None:
-    result = _promtool("test", "rules", RULE_TESTS.name, cwd=MONITORING)
-    assert result.returncode == 0, result.stdout + result.stderr
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serve_runs_the_cli_on_the_project_image(overlay: str) -> None:
+    docs = _render(overlay)
+    _, pod, container = _serve(overlay)
+    assert container["args"] == [
+        "python", "-m", "components", "serve", "--host", "0.0.0.0", "--port", "8000",
+    ]  # fmt: skip
+    assert "command" not in container  # the image has no ENTRYPOINT: args replace CMD
+    worker = _named(docs, "Deployment", "prefect-worker")["spec"]["template"]["spec"]
+    assert container["image"] == worker["containers"][0]["image"]  # the overlay's tag
+    assert container["ports"] == [{"name": "http", "containerPort": 8000}]
+    env = {e["name"]: e for e in container["env"]}
+    reference = env["MLFLOW_TRACKING_URI"]["valueFrom"]["configMapKeyRef"]
+    endpoints = _named(docs, "ConfigMap", reference["name"])["data"]
+    assert endpoints[reference["key"]] == "http://mlflow:5000"
+    # Every uvicorn worker's metric files: a writable emptyDir (the root is read-only).
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert env["PROMETHEUS_MULTIPROC_DIR"]["value"] == "/tmp/prometheus"
+    for path in ("/tmp/prometheus", "/tmp"):
+        assert "emptyDir" in volumes[mounts[path]], path
+    assert pod["serviceAccountName"] == "serve"
+    account = _named(docs, "ServiceAccount", "serve")
+    arn = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    assert re.fullmatch(rf"arn:aws:iam::\d{{12}}:role/mlops-{overlay}-serve", arn), arn
+    assert account["automountServiceAccountToken"] is False
 
 
-def test_promtool_rejects_a_broken_rule_file(tmp_path: Path) -> None:
-    broken = RULES.read_text().replace("> 93600", "> ")
-    (tmp_path / RULES.name).write_text(broken)
-    result = _promtool("check", "rules", RULES.name, cwd=tmp_path)
-    assert result.returncode != 0
-    assert "DriftMonitorStale" in result.stdout + result.stderr
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serve_gets_traffic_only_when_ready_and_drains_on_shutdown(
+    overlay: str,
+) -> None:
+    deployment, pod, container = _serve(overlay)
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    probes = {
+        kind: (probe["httpGet"]["path"], ports[probe["httpGet"]["port"]])
+        for kind in ("startup", "readiness", "liveness")
+        for probe in [container[f"{kind}Probe"]]
+    }
+    assert probes == {
+        "startup": ("/health", 8000),
+        "readiness": ("/ready", 8000),
+        "liveness": ("/health", 8000),
+    }
+    # A busy pod answers /health late: several misses in a row before a restart.
+    liveness = container["livenessProbe"]
+    assert liveness["failureThreshold"] * liveness["periodSeconds"] >= 30
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    # The Service drops the pod during the preStop sleep; then uvicorn's graceful
+    # shutdown (30 s at most, components/serve) and the prediction log's last flush.
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop >= 5 and pod["terminationGracePeriodSeconds"] >= pre_stop + 30 + 10
 
 
-def test_rule_unit_tests_fail_when_a_threshold_moves(tmp_path: Path) -> None:
-    (tmp_path / RULES.name).write_text(RULES.read_text().replace("> 93600", "> 99999"))
-    shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
-    result = _promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
-    assert (
-        result.returncode != 0 and "DriftMonitorStale" in result.stdout + result.stderr
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serve_service_disruption_budget_and_spread(overlay: str) -> None:
+    docs = _render(overlay)
+    deployment, pod, _ = _serve(overlay)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+
+    def selects(selector: dict[str, str]) -> bool:
+        return bool(selector) and selector.items() <= labels.items()
+
+    service = _named(docs, "Service", "serve")["spec"]
+    assert selects(service["selector"])
+    assert service["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+    budget = _named(docs, "PodDisruptionBudget", "serve")["spec"]
+    assert selects(budget["selector"]["matchLabels"])
+    # A drain may always evict one pod (minAvailable: 1 would block it at one replica).
+    assert budget["maxUnavailable"] == 1 and "minAvailable" not in budget
+    spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    nodes = spread["kubernetes.io/hostname"]
+    assert (nodes["maxSkew"], nodes["whenUnsatisfiable"]) == (1, "DoNotSchedule")
+    assert nodes["nodeTaintsPolicy"] == "Honor"  # empty GPU nodes do not count
+    assert selects(nodes["labelSelector"]["matchLabels"])
+    assert selects(
+        spread["topology.kubernetes.io/zone"]["labelSelector"]["matchLabels"]
     )
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serve_scales_on_cpu_and_in_prod_on_the_request_rate(overlay: str) -> None:
+    hpa = _named(_render(overlay), "HorizontalPodAutoscaler", "serve")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    spec = hpa["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "serve",
+    }
+    expected = (1, 2) if overlay == "dev" else (3, 12)
+    assert (spec["minReplicas"], spec["maxReplicas"]) == expected
+    metrics = {metric["type"]: metric for metric in spec["metrics"]}
+    cpu = metrics["Resource"]["resource"]
+    assert cpu["name"] == "cpu" and cpu["target"]["type"] == "Utilization"
+    assert 0 < cpu["target"]["averageUtilization"] <= 80
+    # Utilisation is of the request; equal to the limit, it is of what a pod may use.
+    resources = _serve(overlay)[2]["resources"]
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"]
+    if overlay == "prod":
+        pods = metrics["Pods"]["pods"]
+        assert pods["metric"]["name"] == "mlops_serve_requests_per_second"
+        assert pods["target"]["type"] == "AverageValue"
+    else:
+        assert set(metrics) == {"Resource"}, "dev has no Prometheus adapter"
+
+
+def test_the_adapter_rule_serves_the_metric_the_hpa_reads() -> None:
+    patch = yaml.safe_load((ADAPTER / "hpa-requests-per-second.yaml").read_text())
+    assert [op["path"] for op in patch] == ["/spec/metrics/-"]
+    metric = patch[0]["value"]["pods"]["metric"]["name"]
+    rules = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
+    rule = next(rule for rule in rules if rule["name"]["as"] == metric)
+    assert re.fullmatch(rule["name"]["matches"], "mlops_serve_requests_total")
+    assert metric_names(rule["seriesQuery"]) == {"mlops_serve_requests_total"}
+    assert 'job="serve"' in rule["seriesQuery"]
+    assert rule["resources"]["overrides"] == {
+        "namespace": {"resource": "namespace"},
+        "pod": {"resource": "pod"},
+    }
+    query = rule["metricsQuery"]
+    assert query.startswith("sum by (<<.GroupBy>>)")
+    assert "rate(<<.Series>>{<<.LabelMatchers>>" in query
+    assert 'endpoint="/predict"' in query  # predictions, not probes or scrapes
+
+
+def test_serve_pods_are_scraped_as_job_serve() -> None:
+    docs = _render("prod")
+    monitor = _named(docs, "ServiceMonitor", "serve")["spec"]
+    service = _named(docs, "Service", "serve")
+    assert monitor["selector"]["matchLabels"].items() <= (
+        service["metadata"]["labels"].items()
+    )
+    endpoint = monitor["endpoints"][0]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    # The operator labels every target with `endpoint` (the port's name): without
+    # honorLabels the service's own `endpoint` (the route) becomes exported_endpoint.
+    assert endpoint["honorLabels"] is True
+    # No jobLabel: the job is the Service's name, which the rules and dashboard select.
+    assert "jobLabel" not in monitor and service["metadata"]["name"] == "serve"
+
+
+# --- alert rules -----------------------------------------------------------------------
+
+RULE_CASES = [(RULES, RULE_TESTS, 5), (SERVE_RULES, SERVE_RULE_TESTS, 11)]
+# (rules, their tests, a threshold, where it moves to, the alert that notices)
+THRESHOLD_MOVES = [
+    (RULES, RULE_TESTS, "> 93600", "> 99999", "DriftMonitorStale"),
+    (SERVE_RULES, SERVE_RULE_TESTS, "> 0.05", "> 0.1", "ServeHighLatency"),
+    (SERVE_RULES, SERVE_RULE_TESTS, "> 0.02", "> 0.05", "ServeHighErrorRate"),
+]
+
+
+def _rules(path: Path) -> list[dict[str, Any]]:
+    return yaml.safe_load(path.read_text())["groups"][0]["rules"]
+
+
+@pytest.mark.parametrize(
+    ("rules", "tests", "count"), RULE_CASES, ids=["drift", "serve"]
+)
+def test_promtool_accepts_the_rules(rules: Path, tests: Path, count: int) -> None:
+    result = _promtool("check", "rules", rules.name, cwd=MONITORING)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {count} rules found" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("rules", "tests", "count"), RULE_CASES, ids=["drift", "serve"]
+)
+def test_promtool_rule_unit_tests_pass(rules: Path, tests: Path, count: int) -> None:
+    result = _promtool("test", "rules", tests.name, cwd=MONITORING)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("rules", "threshold", "alert"),
+    [
+        (RULES, "> 93600", "DriftMonitorStale"),
+        (SERVE_RULES, "> 0.05", "ServeHighLatency"),
+    ],
+    ids=["drift", "serve"],
+)
+def test_promtool_rejects_a_broken_rule_file(
+    tmp_path: Path, rules: Path, threshold: str, alert: str
+) -> None:
+    (tmp_path / rules.name).write_text(rules.read_text().replace(threshold, "> "))
+    result = _promtool("check", "rules", rules.name, cwd=tmp_path)
+    assert result.returncode != 0
+    assert alert in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("rules", "tests", "threshold", "moved", "alert"),
+    THRESHOLD_MOVES,
+    ids=[case[-1] for case in THRESHOLD_MOVES],
+)
+def test_rule_unit_tests_fail_when_a_threshold_moves(
+    tmp_path: Path, rules: Path, tests: Path, threshold: str, moved: str, alert: str
+) -> None:
+    assert rules.read_text().count(threshold) == 1
+    (tmp_path / rules.name).write_text(rules.read_text().replace(threshold, moved))
+    shutil.copy(tests, tmp_path / tests.name)
+    result = _promtool("test", "rules", tests.name, cwd=tmp_path)
+    assert result.returncode != 0 and alert in result.stdout + result.stderr
+
+
 def test_rules_cover_the_drift_alerts_and_read_only_drift_metrics() -> None:
-    rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
+    rules = _rules(RULES)
     by_name = {rule["alert"]: rule for rule in rules}
     assert {"DriftDetected", "HighDriftShare", "DriftMonitorStale"} <= set(by_name)
     assert "93600" in by_name["DriftMonitorStale"]["expr"]
@@ -651,18 +876,83 @@ def test_rules_cover_the_drift_alerts_and_read_only_drift_metrics() -> None:
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}
 
 
-def test_prometheus_rule_holds_the_same_groups_as_the_plain_file() -> None:
-    resource = _load_all(PROMETHEUS_RULE)[0]
-    assert resource["spec"] == yaml.safe_load(RULES.read_text()), (
-        "prometheusrule.yaml differs from drift-rules.yaml: copy the groups over"
+def _selectors_without(job: str, expr: str) -> list[str]:
+    """The pipeline metrics an expression reads without that job matcher."""
+    return [
+        match[0]
+        for match in re.finditer(r"\bmlops_\w+(\{[^}]*\})?", expr)
+        if job not in (match[1] or "")
+    ]
+
+
+def test_serve_rules_cover_the_alerts_and_read_only_serve_metrics() -> None:
+    rules = _rules(SERVE_RULES)
+    by_name = {rule["alert"]: rule for rule in rules}
+    assert {
+        "ServeHighErrorRate",
+        "ServeHighClientErrorRate",
+        "ServeHighLatency",
+        "ServeLowConfidence",
+        "ServeConfidenceDrop",
+        "ServeNotReady",
+        "ServeDown",
+        "ServeLogFlushFailing",
+        "ServeLogRecordsDropped",
+    } <= set(by_name)
+    for rule in rules:
+        names = metric_names(rule["expr"])
+        assert names and names <= SERVE_METRICS, (rule["alert"], names - SERVE_METRICS)
+        assert not _selectors_without('job="serve"', rule["expr"]), rule["alert"]
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}
+    assert 'status=~"5.."' in by_name["ServeHighErrorRate"]["expr"]
+    assert 'status=~"4.."' in by_name["ServeHighClientErrorRate"]["expr"]
+    latency = by_name["ServeHighLatency"]["expr"]
+    assert latency.startswith("histogram_quantile(0.99,")
+    assert metric_names(latency) == {"mlops_serve_request_seconds_bucket"}
+    # The objective lives in params.yaml; the rule holds the same figure in seconds.
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    threshold = float(re.search(r">\s*([\d.]+)$", latency)[1])
+    assert threshold == params["serve"]["p99_objective_ms"] / 1000
+    for name in ("ServeLowConfidence", "ServeConfidenceDrop"):
+        assert metric_names(by_name[name]["expr"]) == {
+            "mlops_serve_confidence_sum",
+            "mlops_serve_confidence_count",
+        }
+    assert "offset 1d" in by_name["ServeConfidenceDrop"]["expr"]
+    assert by_name["ServeDown"]["expr"].startswith("absent(")
+
+
+def test_every_serve_alert_has_a_test_that_fires_and_one_that_stays_quiet() -> None:
+    alerts = {rule["alert"] for rule in _rules(SERVE_RULES)}
+    fires, quiet = set(), set()
+    for case in yaml.safe_load(SERVE_RULE_TESTS.read_text())["tests"]:
+        for check in case["alert_rule_test"]:
+            (fires if check["exp_alerts"] else quiet).add(check["alertname"])
+    assert fires == alerts, alerts - fires
+    assert quiet == alerts, alerts - quiet
+
+
+@pytest.mark.parametrize("rules", list(RULE_FILES), ids=["drift", "serve"])
+def test_prometheus_rule_holds_the_same_groups_as_the_plain_file(rules: Path) -> None:
+    name = RULE_FILES[rules]
+    resource = next(
+        doc for doc in _load_all(PROMETHEUS_RULE) if doc["metadata"]["name"] == name
+    )
+    assert resource["spec"] == yaml.safe_load(rules.read_text()), (
+        f"PrometheusRule {name} differs from {rules.name}: copy the groups over"
     )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rules_and_dashboard_configmaps_carry_the_files(overlay: str) -> None:
     docs = _render(overlay)
-    rules = _named(docs, "ConfigMap", "prometheus-drift-rules")
-    assert rules["data"] == {RULES.name: RULES.read_text()}
+    for name, path in [
+        ("prometheus-drift-rules", RULES),
+        ("prometheus-serve-rules", SERVE_RULES),
+    ]:
+        rules = _named(docs, "ConfigMap", name)
+        assert rules["data"] == {path.name: path.read_text()}
+        assert rules["metadata"]["labels"]["prometheus_rule"] == "1"
     dashboard = _named(docs, "ConfigMap", "grafana-dashboard-mlops-drift")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert dashboard["data"] == {DASHBOARD.name: DASHBOARD.read_text()}
@@ -672,39 +962,45 @@ def test_metric_name_extraction() -> None:
     expr = 'sum by (model) (rate(foo_total{job="x", a=~"$m"}[5m])) / on(model) bar > bool 1'
     assert metric_names(expr) == {"foo_total", "bar"}
     assert metric_names("time() - max(mlops_x offset 1h)") == {"mlops_x"}
+    assert _selectors_without('job="serve"', 'mlops_a{job="serve"} / mlops_b') == [
+        "mlops_b"
+    ]
 
 
 # --- dashboard -------------------------------------------------------------------------
 
 
-def test_dashboard_panels_read_only_drift_metrics() -> None:
+def _panels() -> list[dict[str, Any]]:
+    """The dashboard's panels, without its rows."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [panel for panel in panels if panel["type"] != "row"]
+
+
+def _exprs(panel: dict[str, Any]) -> list[str]:
+    return [target["expr"] for target in panel["targets"]]
+
+
+def test_dashboard_panels_read_only_the_pipelines_metrics() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
-    exprs = {
-        panel["title"]: [target["expr"] for target in panel["targets"]]
-        for panel in dashboard["panels"]
-    }
-    for title, panel_exprs in exprs.items():
-        assert panel_exprs, f"panel {title!r} has no query"
-        for expr in panel_exprs:
+    every_metric = set()
+    for panel in _panels():
+        assert _exprs(panel), f"panel {panel['title']!r} has no query"
+        for expr in _exprs(panel):
             names = metric_names(expr)
-            assert names and names <= DRIFT_METRICS, (
-                title,
-                expr,
-                names - DRIFT_METRICS,
-            )
-    every_metric = {
-        name for panel in exprs.values() for e in panel for name in metric_names(e)
-    }
-    assert every_metric == DRIFT_METRICS
+            every_metric |= names
+            drift = names <= DRIFT_METRICS
+            assert names and (drift or names <= SERVE_METRICS), (panel["title"], names)
+            job = 'job="drift-monitor"' if drift else 'job="serve"'
+            assert not _selectors_without(job, expr), (panel["title"], expr)
+    assert every_metric >= DRIFT_METRICS
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
             metric = re.match(r"label_values\((\w+)", variable["query"]["query"])
             assert metric and metric[1] in DRIFT_METRICS, variable["name"]
 
 
-def test_dashboard_shows_the_views_asked_for() -> None:
-    panels = json.loads(DASHBOARD.read_text())["panels"]
-    assert len({p["id"] for p in panels}) == len(panels)
+def test_dashboard_shows_the_drift_views_asked_for() -> None:
+    panels = _panels()
     timeseries = {p["title"]: p for p in panels if p["type"] == "timeseries"}
     share = next(p for t, p in timeseries.items() if "Share" in t)
     assert "mlops_drift_share" in share["targets"][0]["expr"]
@@ -715,3 +1011,63 @@ def test_dashboard_shows_the_views_asked_for() -> None:
     since = next(p for p in panels if "last_run_timestamp" in p["targets"][0]["expr"])
     assert since["targets"][0]["expr"].startswith("time() -")
     assert since["fieldConfig"]["defaults"]["unit"] == "s"
+
+
+def test_dashboard_shows_the_serving_views_on_call_needs() -> None:
+    panels = _panels()
+
+    def panel_with(*fragments: str, kind: str = "timeseries") -> dict[str, Any]:
+        found = [
+            panel
+            for panel in panels
+            if panel["type"] == kind
+            and any(all(f in expr for f in fragments) for expr in _exprs(panel))
+        ]
+        assert found, (kind, fragments)
+        return found[0]
+
+    requests = panel_with("sum by (status) (rate(mlops_serve_requests_total")
+    assert requests["targets"][0]["legendFormat"] == "{{status}}"
+    latency = panel_with(
+        "histogram_quantile(0.5,", "mlops_serve_request_seconds_bucket"
+    )
+    quantiles = {
+        re.match(r"histogram_quantile\(([\d.]+),", e)[1] for e in _exprs(latency)
+    }
+    assert quantiles == {"0.5", "0.99"}
+    errors = panel_with('status=~"5.."')
+    assert any('status=~"4.."' in e for e in _exprs(errors))
+    panel_with("sum by (kind) (rate(mlops_serve_errors_total")
+    classes = panel_with("sum by (label) (rate(mlops_serve_predictions_total")
+    assert classes["targets"][0]["legendFormat"] == "{{label}}"
+    version = panel_with("by (alias) (mlops_serve_model_version", kind="stat")
+    assert version["targets"][0]["legendFormat"] == "{{alias}}"
+    # Canary: the champion and the challenger side by side, rate and confidence.
+    rate = panel_with("sum by (alias) (rate(mlops_serve_predictions_total")
+    confidence = panel_with(
+        "sum by (alias) (rate(mlops_serve_confidence_sum",
+        "/ sum by (alias) (rate(mlops_serve_confidence_count",
+    )
+    for panel in (rate, confidence):
+        assert panel["targets"][0]["legendFormat"] == "{{alias}}"
+    assert rate["gridPos"]["y"] == confidence["gridPos"]["y"]
+    assert rate["gridPos"]["x"] + rate["gridPos"]["w"] == confidence["gridPos"]["x"]
+    # The p99 stat turns red where ServeHighLatency fires.
+    p99 = next(p for p in panels if p["type"] == "stat" and "p99" in p["title"])
+    steps = p99["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    alert = next(r for r in _rules(SERVE_RULES) if r["alert"] == "ServeHighLatency")
+    assert steps[-1]["value"] == float(alert["expr"].rsplit(">", 1)[1])
+
+
+def test_dashboard_layout_keeps_the_drift_panels_without_overlaps() -> None:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    ids = [panel["id"] for panel in panels]
+    assert len(set(ids)) == len(ids) and set(range(1, 10)) <= set(ids)
+    taken: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, (panel["title"], taken.get((x, y)))
+                taken[(x, y)] = panel["title"]

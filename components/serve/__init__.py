@@ -27,7 +27,7 @@ def serve(cfg: ServeConfig, *, model_name: str, tracking_uri: str, limits: Image
           host: str, port: int) -> None:  # fmt: skip
     """Run the service until SIGINT/SIGTERM (requests in flight finish, the prediction log
     is drained)."""
-    cores = os.cpu_count() or 1
+    cores = available_cpus()
     workers = cfg.workers or cores
     threads = cfg.ort_threads or max(1, cores // workers)
     with _metrics_folder():
@@ -43,13 +43,26 @@ def serve(cfg: ServeConfig, *, model_name: str, tracking_uri: str, limits: Image
             max_body_bytes=cfg.max_body_bytes, log=cfg.log,
             log_sample_rate=cfg.log_sample_rate, log_flush_records=cfg.log_flush_records,
             log_flush_seconds=cfg.log_flush_seconds, log_retries=cfg.log_retries,
-            log_max_pending=cfg.log_max_pending,
+            log_max_pending=cfg.log_max_pending, log_max_pending_mb=cfg.log_max_pending_mb,
         )  # fmt: skip
         os.environ[SETTINGS_ENV] = settings.to_json()
         uvicorn.run("components.serve.app:app_from_environment", factory=True,
                     host=host, port=port, workers=workers if workers > 1 else None,
                     access_log=False,  # it would log client addresses
                     timeout_graceful_shutdown=30)  # fmt: skip
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU limit (a pod's
+    limit; os.cpu_count() would give the node's cores)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit visible
+    return cpus
 
 
 @contextmanager

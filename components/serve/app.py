@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from components.prediction_log import (
@@ -38,6 +39,7 @@ from components.serve.inputs import (
 from components.serve.metrics import (
     ServeMetrics,
     create_metrics,
+    every_worker_ready,
     exposition,
     mark_worker_exited,
 )
@@ -71,6 +73,7 @@ class ServeSettings:
     log_flush_seconds: float
     log_retries: int
     log_max_pending: int
+    log_max_pending_mb: int
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -101,6 +104,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.ready.set(0)
+        # uvicorn lets a worker accept connections only after this startup: reading the
+        # registry here means no worker takes a request before it has the champion.
+        await run_in_threadpool(follower.refresh)
         follower.start()
         if writer:
             writer.start()
@@ -158,6 +164,12 @@ def _add_routes(app: FastAPI, settings: ServeSettings, follower: RegistryFollowe
         if routing.champion is None:
             body = {"ready": False, "reason": routing.not_ready}
             return answer("/ready", 503, body, NO_MODEL, started)
+        if not every_worker_ready():
+            body = {
+                "ready": False,
+                "reason": "another worker is still loading the champion",
+            }
+            return answer("/ready", 503, body, routing.champion.version, started)
         body = {"ready": True, "model": _model_summary(routing.champion)}
         return answer("/ready", 200, body, routing.champion.version, started)
 
@@ -231,6 +243,7 @@ def _log_writer(settings: ServeSettings,
         open_store(settings.log), flush_records=settings.log_flush_records,
         flush_seconds=settings.log_flush_seconds, retries=settings.log_retries,
         max_pending=settings.log_max_pending,
+        max_pending_bytes=settings.log_max_pending_mb << 20,
         on_failure=metrics.log_flush_failures.inc,
         on_written=metrics.log_records.inc, on_dropped=metrics.log_dropped.inc,
     )  # fmt: skip

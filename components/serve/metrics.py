@@ -101,6 +101,15 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
+def every_worker_ready() -> bool:
+    """The pod-wide mlops_serve_ready (the minimum over live workers) is 1: a pod is ready
+    only once every worker that takes connections has a warm champion."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    value = registry.get_sample_value("mlops_serve_ready")
+    return value == 1
+
+
 def mark_worker_exited() -> None:
     """Drop this worker's live gauges from the merge (its counters stay counted)."""
     if os.environ.get(MULTIPROC_ENV):
