@@ -277,6 +277,10 @@ def rollback(
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    log: Annotated[
+        str | None,
+        typer.Option(envvar="SERVE_LOG", help="Overrides serve.log (folder or s3://)."),
+    ] = None,
     params: Params = DEFAULT_PARAMS,
 ) -> None:
     """Serve the registry's champion of promote.model_name over HTTP: POST /predict,
@@ -288,7 +292,8 @@ def serve(
     checks = load_params("validate", ValidateConfig, params)
     limits = ImageLimits(max_pixels=checks.max_pixels, min_side=checks.min_side,
                          max_side=checks.max_side)  # fmt: skip
-    run(load_params("serve", ServeConfig, params),
+    cfg = load_params("serve", ServeConfig, params)
+    run(cfg.model_copy(update={"log": log}) if log else cfg,
         model_name=load_params("promote", PromoteConfig, params).model_name,
         tracking_uri=tracking_uri(), limits=limits, host=host, port=port)  # fmt: skip
 

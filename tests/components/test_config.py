@@ -14,6 +14,7 @@ from components.config import (
     MonitorConfig,
     ParamsError,
     PromoteConfig,
+    ServeConfig,
     TrainConfig,
     TuneConfig,
     ValidateConfig,
@@ -32,6 +33,7 @@ SECTIONS = {
     "promote": PromoteConfig,
     "card": CardConfig,
     "monitor": MonitorConfig,
+    "serve": ServeConfig,
 }
 
 

@@ -287,21 +287,25 @@ def test_a_version_whose_file_does_not_match_is_never_served(setup: Setup) -> No
 def test_prediction_log_is_drained_on_shutdown(setup: Setup) -> None:
     version = setup.promote("first")
     params = _params(setup, log_flush_seconds=600, log_flush_records=10_000)
-    with servers.model_service(setup.root / "service", params, setup.env) as url:
+    log = (
+        setup.root / "from-env"
+    )  # SERVE_LOG overrides serve.log (the cluster's S3 prefix)
+    env = {**setup.env, "SERVE_LOG": str(log)}
+    with servers.model_service(setup.root / "service", params, env) as url:
         _wait(lambda: _version(url) == version)
         for index in range(30):
             answer = httpx.post(f"{url}/predict", timeout=10,
                                 files=_files(setup.images[index : index + 2]))  # fmt: skip
             assert answer.status_code == 200
-        assert not (setup.root / "log" / "records").exists()  # still buffered
+        assert not (log / "records").exists()  # still buffered
     # the context sent SIGTERM: uvicorn finished, each worker drained its buffer
-    lines = [json.loads(line) for path in (setup.root / "log" / "records").rglob("*.jsonl")
+    lines = [json.loads(line) for path in (log / "records").rglob("*.jsonl")
              for line in path.read_text().splitlines()]  # fmt: skip
     assert len(lines) == 60
     assert set(lines[0]) == {"time", "request_id", "sha256", "image", "model_name",
                              "model_version", "alias", "label", "confidence",
                              "probabilities"}  # fmt: skip
     for line in lines:
-        stored = (setup.root / "log" / line["image"]).read_bytes()
+        stored = (log / line["image"]).read_bytes()
         assert hashlib.sha256(stored).hexdigest() == line["sha256"]
         assert stored in setup.images[:31] and line["model_version"] == version
