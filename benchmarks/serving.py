@@ -34,6 +34,7 @@ from typing import Any
 import mlflow
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 from benchmarks.common import ROOT, digits_dataset, emit, machine
 from components.io import sha256_file
 

@@ -220,19 +220,21 @@ def test_swap_and_rollback_under_load_drop_nothing(setup: Setup) -> None:
     stop, answers, failures = threading.Event(), [], []
     with _service(setup) as url:
         _wait(lambda: _version(url) == first)
-        clients = [threading.Thread(target=_client_loop,
+        clients = [threading.Thread(target=_client_loop, daemon=True,
                                     args=(url, setup.images, stop, answers, failures))
                    for _ in range(4)]  # fmt: skip
         for client in clients:
             client.start()
-        _wait(lambda: len(answers) > 50)
-        second = setup.promote("second")
-        _wait(lambda: answers[-20:] == [second] * 20)
-        rollback(setup.gate)
-        _wait(lambda: answers[-20:] == [first] * 20)
-        stop.set()
-        for client in clients:
-            client.join()
+        try:
+            _wait(lambda: len(answers) > 50)
+            second = setup.promote("second")
+            _wait(lambda: answers[-20:] == [second] * 20)
+            rollback(setup.gate)
+            _wait(lambda: answers[-20:] == [first] * 20)
+        finally:
+            stop.set()
+            for client in clients:
+                client.join()
     assert failures == []
     assert set(answers) == {first, second} and len(answers) > 100
 

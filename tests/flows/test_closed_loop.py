@@ -154,16 +154,18 @@ def test_drift_retrain_gate_promote_serve(mlflow_uri: str, tmp_path: Path) -> No
 
             _wait(lambda: len(_api(api, automation_runs)) == 1, timeout=60)
             # Traffic from here on: every request through the retrain and the swap.
-            traffic = threading.Thread(target=_clean_traffic,
+            traffic = threading.Thread(target=_clean_traffic, daemon=True,
                                        args=(url, clean, stop, versions, failures))  # fmt: skip
             traffic.start()
-            _run(worker, tmp_path, env, timeout=600)  # the retraining run
-            second = json.loads((project / "reports/promotion.json").read_text())
-            assert second["decision"] == "promoted", second["reasons"]
-            assert second["champion_before"] == first["candidate_version"]
-            new = second["candidate_version"]
-            _wait(lambda: versions[-10:] == [new] * 10, timeout=60)
-            stop.set()
-            traffic.join()
+            try:
+                _run(worker, tmp_path, env, timeout=600)  # the retraining run
+                second = json.loads((project / "reports/promotion.json").read_text())
+                assert second["decision"] == "promoted", second["reasons"]
+                assert second["champion_before"] == first["candidate_version"]
+                new = second["candidate_version"]
+                _wait(lambda: versions[-10:] == [new] * 10, timeout=60)
+            finally:
+                stop.set()
+                traffic.join()
     assert failures == []
     assert set(versions) == {first["candidate_version"], new}
