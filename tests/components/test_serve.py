@@ -135,6 +135,11 @@ def test_no_champion_then_predictions_and_metrics(setup: Setup) -> None:
         assert [p["probabilities"] for p in as_json.json()["predictions"]] == [
             p["probabilities"] for p in body["predictions"]]  # fmt: skip
 
+        schema = httpx.get(f"{url}/openapi.json", timeout=10).json()
+        content = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+        assert set(content) == {"multipart/form-data", "application/json"}
+        assert httpx.get(f"{url}/docs", timeout=10).status_code == 200
+
         model = httpx.get(f"{url}/model", timeout=10).json()
         assert model["champion"]["tags"]["lineage.git_commit"] == "abc"
         assert model["champion"]["sha256"] == model["champion"]["tags"][ONNX_SHA256_TAG]
