@@ -6,24 +6,21 @@ service answers with version 2, and no request failed on the way."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -33,26 +30,9 @@ from benchmarks.common import copy_repository
 from tests import servers
 from tests.conftest import TINY_PARAMS
 from tests.imagegen import make_image_folder
+from tests.prefect_api import call_api, run_ok
 
 pytestmark = pytest.mark.slow
-T = TypeVar("T")
-
-
-def _api(api: str, call: Callable[[PrefectClient], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with get_client() as client:
-            return await call(client)
-
-    with temporary_settings({PREFECT_API_URL: api}):
-        return asyncio.run(main())
-
-
-def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> None:
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)  # fmt: skip
-    assert done.returncode == 0, (
-        f"{command}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    )
 
 
 def _inverted(path: Path) -> bytes:
@@ -117,16 +97,18 @@ def test_drift_retrain_gate_promote_serve(mlflow_uri: str, tmp_path: Path) -> No
         pool = WorkPoolCreate(
             name="local-pool", type="process", base_job_template=template
         )
-        _api(api, lambda client: client.create_work_pool(pool))
-        _run(["prefect", "--no-prompt", "deploy", "--name", "local"], project, env, 300)
+        call_api(api, lambda client: client.create_work_pool(pool))
+        run_ok(
+            ["prefect", "--no-prompt", "deploy", "--name", "local"], project, env, 300
+        )
         worker = ["prefect", "worker", "start", "--pool", "local-pool", "--run-once"]
 
         async def train_now(client: PrefectClient) -> FlowRun:
             deployment = await client.read_deployment_by_name("training/local")
             return await client.create_flow_run_from_deployment(deployment.id)
 
-        _api(api, train_now)
-        _run(worker, tmp_path, env, timeout=600)
+        call_api(api, train_now)
+        run_ok(worker, tmp_path, env, timeout=600)
         first = json.loads((project / "reports/promotion.json").read_text())
         assert first["decision"] == "promoted"
 
@@ -152,13 +134,13 @@ def test_drift_retrain_gate_promote_serve(mlflow_uri: str, tmp_path: Path) -> No
                 return [r for r in runs
                         if r.created_by and r.created_by.type == "AUTOMATION"]  # fmt: skip
 
-            _wait(lambda: len(_api(api, automation_runs)) == 1, timeout=60)
+            _wait(lambda: len(call_api(api, automation_runs)) == 1, timeout=60)
             # Traffic from here on: every request through the retrain and the swap.
             traffic = threading.Thread(target=_clean_traffic, daemon=True,
                                        args=(url, clean, stop, versions, failures))  # fmt: skip
             traffic.start()
             try:
-                _run(worker, tmp_path, env, timeout=600)  # the retraining run
+                run_ok(worker, tmp_path, env, timeout=600)  # the retraining run
                 second = json.loads((project / "reports/promotion.json").read_text())
                 assert second["decision"] == "promoted", second["reasons"]
                 assert second["champion_before"] == first["candidate_version"]

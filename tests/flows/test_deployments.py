@@ -4,21 +4,19 @@ drift event starting a training run through the automation."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import mlflow
 import pytest
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun
@@ -32,34 +30,16 @@ from benchmarks.common import copy_repository
 from tests import servers
 from tests.conftest import tiny_params
 from tests.imagegen import make_image_folder
+from tests.prefect_api import call_api, run_ok
 
 pytestmark = pytest.mark.slow
 
-T = TypeVar("T")
 IMAGE_TAG = "test-0123abc"
 K8S_TEMPLATE = "k8s/base/prefect-worker/base-job-template.json"
 POOLS = {"local-pool": "process", "k8s-pool": "kubernetes"}
 DEPLOYMENTS = [f"{flow}/{variant}" for flow in ("training", "monitoring")
                for variant in ("k8s", "local")]  # fmt: skip
 DRIFT = "mlops.drift.detected"
-
-
-def _api(api: str, call: Callable[[PrefectClient], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with get_client() as client:
-            return await call(client)
-
-    with temporary_settings({PREFECT_API_URL: api}):
-        return asyncio.run(main())
-
-
-def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> str:
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)  # fmt: skip
-    assert done.returncode == 0, (
-        f"{command}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    )
-    return done.stdout
 
 
 @dataclass(frozen=True)
@@ -93,7 +73,7 @@ def deployed(
         return {n: (await client.read_deployment_by_name(n)).id for n in DEPLOYMENTS}
 
     with servers.prefect_server(scratch / "server") as api:
-        _api(api, create_pools)
+        call_api(api, create_pools)
         env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -103,15 +83,17 @@ def deployed(
             "IMAGE_TAG": IMAGE_TAG,
         }
         env.pop("RAY_ADDRESS", None)
-        _run(["prefect", "--no-prompt", "deploy", "--all"], project, env, timeout=300)
-        yield Deployed(api, project, env, _api(api, read_ids))
+        run_ok(["prefect", "--no-prompt", "deploy", "--all"], project, env, timeout=300)
+        yield Deployed(api, project, env, call_api(api, read_ids))
 
 
 def test_deploy_all_creates_both_sets(deployed: Deployed) -> None:
     async def read(client: PrefectClient) -> list[Any]:
         return [await client.read_deployment(i) for i in deployed.ids.values()]
 
-    for name, deployment in zip(deployed.ids, _api(deployed.api, read), strict=True):
+    for name, deployment in zip(
+        deployed.ids, call_api(deployed.api, read), strict=True
+    ):
         variant = name.split("/")[1]
         assert deployment.work_pool_name == f"{variant}-pool"
         assert deployment.parameters == {"params_path": "params.yaml", "root": "."}
@@ -140,7 +122,7 @@ def test_k8s_deployments_render_into_the_pools_job(deployed: Deployed) -> None:
             rendered.append((variables, config))
         return rendered
 
-    for variables, config in _api(deployed.api, render):
+    for variables, config in call_api(deployed.api, render):
         pod = config.job_manifest["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert container["image"] == f"ghcr.io/example/mlops-pipeline:{IMAGE_TAG}"
@@ -169,14 +151,16 @@ def test_process_worker_runs_training_deployment(
             parameters={"params_path": str(params), "root": str(root)},
         )
 
-    flow_run = _api(deployed.api, start)
+    flow_run = call_api(deployed.api, start)
     worker = ["prefect", "worker", "start", "--pool", "local-pool", "--run-once"]
-    _run(worker, tmp_path, deployed.env, timeout=600)  # returns once the run has ended
+    run_ok(
+        worker, tmp_path, deployed.env, timeout=600
+    )  # returns once the run has ended
 
     async def read(client: PrefectClient) -> FlowRun:
-        return await client.read_flow_run(flow_run.id)
+        return await client.read_flowrun_ok(flow_run.id)
 
-    finished = _api(deployed.api, read)
+    finished = call_api(deployed.api, read)
     assert finished.state is not None and finished.state.is_completed(), finished.state
     promotion = json.loads((root / "reports/promotion.json").read_text())
     assert promotion["decision"] == "promoted"  # the first model: floors alone
@@ -184,7 +168,7 @@ def test_process_worker_runs_training_deployment(
     metrics = json.loads((root / "reports/evaluation/metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     lineage = json.loads((root / "models/candidate/lineage.json").read_text())
-    run = mlflow.MlflowClient(mlflow_uri).get_run(lineage["mlflow_run_id"])
+    run = mlflow.MlflowClient(mlflow_uri).getrun_ok(lineage["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert not (deployed.project / "data/dataset").exists(), "wrote outside its root"
 
@@ -203,10 +187,10 @@ def test_drift_event_starts_training_through_the_automation(deployed: Deployed) 
         return [r for r in runs if r.created_by and r.created_by.type == "AUTOMATION"]
 
     deadline = time.monotonic() + 60
-    started = _api(deployed.api, automation_runs)
+    started = call_api(deployed.api, automation_runs)
     while len(started) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
-        started = _api(deployed.api, automation_runs)
+        started = call_api(deployed.api, automation_runs)
 
     assert sorted(str(r.deployment_id) for r in started) == sorted(
         str(deployed.ids[name]) for name in ("training/k8s", "training/local")
