@@ -27,6 +27,10 @@ def serve(cfg: ServeConfig, *, model_name: str, tracking_uri: str, limits: Image
           host: str, port: int) -> None:  # fmt: skip
     """Run the service until SIGINT/SIGTERM (requests in flight finish, the prediction log
     is drained)."""
+    # The follower reads the registry again every reload_seconds: MLflow's own retries
+    # (7, with backoff: minutes) would only hold up a worker's start and the swaps.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     cores = available_cpus()
     workers = cfg.workers or cores
     threads = cfg.ort_threads or max(1, cores // workers)

@@ -244,6 +244,21 @@ def test_swap_and_rollback_under_load_drop_nothing(setup: Setup) -> None:
     assert set(answers) == {first, second} and len(answers) > 100
 
 
+def test_a_rejected_candidate_never_reaches_the_service(setup: Setup) -> None:
+    first = setup.promote("first")
+    with _service(setup) as url:
+        _wait(lambda: _version(url) == first)
+        rejected = setup.promote("worse", errors=12)  # significantly worse: rejected
+        assert rejected is not None and rejected != first
+        time.sleep(3 * 0.3)  # three registry reads (serve.reload_seconds)
+        model = httpx.get(f"{url}/model", timeout=10).json()
+        assert model["champion"]["version"] == first and model["challenger"] is None
+        answer = httpx.post(
+            f"{url}/predict", files=_files(setup.images[:1]), timeout=10
+        )
+        assert answer.json()["model"]["version"] == first
+
+
 def test_canary_splits_by_image_and_labels_metrics(setup: Setup) -> None:
     champion = setup.promote("champion")
     # Floors pass, not significantly worse, but not better: a challenger, not a champion.
