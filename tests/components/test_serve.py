@@ -244,6 +244,19 @@ def test_swap_and_rollback_under_load_drop_nothing(setup: Setup) -> None:
     assert set(answers) == {first, second} and len(answers) > 100
 
 
+def test_an_unreachable_registry_is_reported_not_fatal(setup: Setup) -> None:
+    dead = f"http://127.0.0.1:{servers.free_port()}"  # nothing listens there
+    setup.env["MLFLOW_TRACKING_URI"] = dead
+    with _service(setup) as url:
+        ready = httpx.get(f"{url}/ready", timeout=10)
+        assert ready.status_code == 503 and "127.0.0.1" in ready.json()["reason"]
+        refused = httpx.post(
+            f"{url}/predict", files=_files(setup.images[:1]), timeout=10
+        )
+        assert refused.status_code == 503 and refused.json()["error"] == "no_model"
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
 def test_a_rejected_candidate_never_reaches_the_service(setup: Setup) -> None:
     first = setup.promote("first")
     with _service(setup) as url:
