@@ -79,6 +79,16 @@ def _wait(condition, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+def _poll(read, accept, timeout: float = 60):
+    """The first value `read()` returns that `accept` takes (one reading: two workers may
+    answer two requests differently)."""
+    deadline = time.monotonic() + timeout
+    while not accept(value := read()):
+        assert time.monotonic() < deadline, f"not accepted in time: {value}"
+        time.sleep(0.1)
+    return value
+
+
 def _version(url: str) -> str | None:
     answer = httpx.get(f"{url}/ready", timeout=10)
     return answer.json()["model"]["version"] if answer.status_code == 200 else None
@@ -307,10 +317,8 @@ def test_a_version_whose_file_does_not_match_is_never_served(setup: Setup) -> No
     with _service(setup) as url:
         _wait(lambda: _version(url) == second)
         rollback(setup.gate)  # champion -> the tampered version
-        _wait(
-            lambda: httpx.get(f"{url}/model", timeout=10).json()["last_registry_error"]
-        )
-        model = httpx.get(f"{url}/model", timeout=10).json()
+        model = _poll(lambda: httpx.get(f"{url}/model", timeout=10).json(),
+                      lambda model: model["last_registry_error"])  # fmt: skip
         assert "sha256" in model["last_registry_error"]
         assert model["champion"]["version"] == second  # the old one keeps answering
         answer = httpx.post(
@@ -322,9 +330,8 @@ def test_a_version_whose_file_does_not_match_is_never_served(setup: Setup) -> No
 def test_prediction_log_is_drained_on_shutdown(setup: Setup) -> None:
     version = setup.promote("first")
     params = _params(setup, log_flush_seconds=600, log_flush_records=10_000)
-    log = (
-        setup.root / "from-env"
-    )  # SERVE_LOG overrides serve.log (the cluster's S3 prefix)
+    # SERVE_LOG overrides serve.log (in the cluster: the S3 prefix from a ConfigMap)
+    log = setup.root / "from-env"
     env = {**setup.env, "SERVE_LOG": str(log)}
     with servers.model_service(setup.root / "service", params, env) as url:
         _wait(lambda: _version(url) == version)

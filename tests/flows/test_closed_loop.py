@@ -23,6 +23,7 @@ from PIL import Image
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import FlowRun
+from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.workers.process import ProcessWorker
 
@@ -127,6 +128,9 @@ def test_drift_retrain_gate_promote_serve(mlflow_uri: str, tmp_path: Path) -> No
 
             with temporary_settings({PREFECT_API_URL: api}):
                 verdict = monitoring(params_path=project / "params.yaml", root=project)
+                # Deliver the event, and stop the process-wide events worker: it is keyed
+                # by client type, not URL, and would send later tests' events here.
+                EventsWorker.drain_all()
             assert verdict["drift_detected"], verdict
 
             async def automation_runs(client: PrefectClient) -> list[FlowRun]:

@@ -153,12 +153,11 @@ def test_process_worker_runs_training_deployment(
 
     flow_run = call_api(deployed.api, start)
     worker = ["prefect", "worker", "start", "--pool", "local-pool", "--run-once"]
-    run_ok(
-        worker, tmp_path, deployed.env, timeout=600
-    )  # returns once the run has ended
+    # returns once the run has ended
+    run_ok(worker, tmp_path, deployed.env, timeout=600)
 
     async def read(client: PrefectClient) -> FlowRun:
-        return await client.read_flowrun_ok(flow_run.id)
+        return await client.read_flow_run(flow_run.id)
 
     finished = call_api(deployed.api, read)
     assert finished.state is not None and finished.state.is_completed(), finished.state
@@ -168,7 +167,7 @@ def test_process_worker_runs_training_deployment(
     metrics = json.loads((root / "reports/evaluation/metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     lineage = json.loads((root / "models/candidate/lineage.json").read_text())
-    run = mlflow.MlflowClient(mlflow_uri).getrun_ok(lineage["mlflow_run_id"])
+    run = mlflow.MlflowClient(mlflow_uri).get_run(lineage["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert not (deployed.project / "data/dataset").exists(), "wrote outside its root"
 
