@@ -668,6 +668,9 @@ def test_serve_runs_the_cli_on_the_project_image(overlay: str) -> None:
     reference = env["MLFLOW_TRACKING_URI"]["valueFrom"]["configMapKeyRef"]
     endpoints = _named(docs, "ConfigMap", reference["name"])["data"]
     assert endpoints[reference["key"]] == "http://mlflow:5000"
+    # The prediction log goes to this environment's bucket, the prefix its role may write.
+    log = env["SERVE_LOG"]["valueFrom"]["configMapKeyRef"]
+    assert endpoints[log["key"]] == f"s3://mlops-{overlay}-inference-log/serving-log"
     # Every uvicorn worker's metric files: a writable emptyDir (the root is read-only).
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
