@@ -81,9 +81,32 @@ def decode(
     name: str | None = None,
 ) -> Image.Image:
     """Decode fully into 'L' (channels=1) or 'RGB' (channels=3), refusing oversized images
-    (and, with `sides` = (min_side, max_side), images with a side out of those bounds).
+    (and, with `sides` = (min_side, max_side), images with a side out of those bounds)."""
+    mode = "L" if channels == 1 else "RGB"
+    return _decode(source, max_pixels=max_pixels, sides=sides, name=name, mode=mode)
 
-    The file is opened once: the size comes from the header, checked before any pixel data
+
+def decode_raw(
+    source: ImageSource,
+    *,
+    max_pixels: int,
+    sides: tuple[int, int] | None = None,
+    name: str | None = None,
+) -> Image.Image:
+    """`decode` without the conversion: the pixels in the file's own mode (a palette PNG
+    keeps its indices, which is how segmentation masks are read)."""
+    return _decode(source, max_pixels=max_pixels, sides=sides, name=name, mode=None)
+
+
+def _decode(
+    source: ImageSource,
+    *,
+    max_pixels: int,
+    sides: tuple[int, int] | None,
+    name: str | None,
+    mode: str | None,
+) -> Image.Image:
+    """The file is opened once: the size comes from the header, checked before any pixel data
     is decoded. Truncated files raise here: PIL only notices missing data when it decodes.
     """
     label = name or str(source if isinstance(source, Path) else "<bytes>")
@@ -103,7 +126,7 @@ def decode(
             )
         try:
             image.load()
-            return image.convert("L" if channels == 1 else "RGB")
+            return image.convert(mode) if mode else image.copy()
         except (OSError, ValueError, SyntaxError) as error:
             raise UndecodableImageError(
                 f"{label}: cannot be decoded ({error})"
