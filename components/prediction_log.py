@@ -183,12 +183,11 @@ def read_predictions(location: str, *, window: timedelta) -> list[dict[str, Any]
     """Every record logged within `window` of now, oldest first."""
     store = open_store(location)
     since = datetime.now(UTC) - window
-    hours = {f"{since + timedelta(hours=h):%Y-%m-%d/%H}"
-             for h in range(int(window.total_seconds() // 3600) + 2)}  # fmt: skip
+    hours = sorted({f"{since + timedelta(hours=h):%Y-%m-%d/%H}"
+                    for h in range(int(window.total_seconds() // 3600) + 2)})  # fmt: skip
     records = []
-    for key in store.keys(f"{RECORDS}/"):
-        if key.removeprefix(f"{RECORDS}/")[:13] not in hours:
-            continue  # outside the window by its folder: not even read
+    # Only the window's hour folders are listed: the log grows for as long as it serves.
+    for key in (key for hour in hours for key in store.keys(f"{RECORDS}/{hour}/")):
         for number, line in enumerate(store.get(key).decode().splitlines(), start=1):
             try:
                 record = json.loads(line)
@@ -232,7 +231,7 @@ class _LocalStore:
     def keys(self, prefix: str) -> Iterator[str]:
         folder = self.root / prefix
         if folder.is_dir():
-            for path in sorted(folder.rglob("*")):
+            for path in folder.rglob("*"):  # lazily: is_prediction_log needs only one
                 if path.is_file() and not path.name.startswith("."):
                     yield path.relative_to(self.root).as_posix()
 

@@ -40,15 +40,9 @@ def serve(cfg: ServeConfig, *, model_name: str, tracking_uri: str, limits: Image
 
         from components.serve.app import SETTINGS_ENV, ServeSettings
 
-        settings = ServeSettings(
-            model_name=model_name, tracking_uri=tracking_uri, limits=limits,
-            ort_threads=threads, reload_seconds=cfg.reload_seconds,
-            canary_fraction=cfg.canary_fraction, max_images=cfg.max_images,
-            max_body_bytes=cfg.max_body_bytes, log=cfg.log,
-            log_sample_rate=cfg.log_sample_rate, log_flush_records=cfg.log_flush_records,
-            log_flush_seconds=cfg.log_flush_seconds, log_retries=cfg.log_retries,
-            log_max_pending=cfg.log_max_pending, log_max_pending_mb=cfg.log_max_pending_mb,
-        )  # fmt: skip
+        settings = ServeSettings(serve=cfg, model_name=model_name,
+                                 tracking_uri=tracking_uri, limits=limits,
+                                 ort_threads=threads)  # fmt: skip
         os.environ[SETTINGS_ENV] = settings.to_json()
         uvicorn.run("components.serve.app:app_from_environment", factory=True,
                     host=host, port=port, workers=workers if workers > 1 else None,

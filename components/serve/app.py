@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from components.config import ServeConfig
 from components.prediction_log import (
     LoggedPrediction,
     PredictionLogWriter,
@@ -57,31 +58,23 @@ NO_MODEL = "none"  # the model_version label while nothing is served
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Everything a worker needs, resolved once by the CLI."""
+    """Everything a worker needs, resolved once by the CLI: params' serve section, and what
+    comes from other sections and the environment."""
 
+    serve: ServeConfig
     model_name: str
     tracking_uri: str
     limits: ImageLimits
     ort_threads: int
-    reload_seconds: float
-    canary_fraction: float
-    max_images: int
-    max_body_bytes: int
-    log: str
-    log_sample_rate: float
-    log_flush_records: int
-    log_flush_seconds: float
-    log_retries: int
-    log_max_pending: int
-    log_max_pending_mb: int
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps({**asdict(self), "serve": self.serve.model_dump()})
 
     @classmethod
     def from_json(cls, text: str) -> ServeSettings:
         values = json.loads(text)
-        return cls(**{**values, "limits": ImageLimits(**values["limits"])})
+        return cls(**{**values, "serve": ServeConfig(**values["serve"]),
+                      "limits": ImageLimits(**values["limits"])})  # fmt: skip
 
 
 def app_from_environment() -> FastAPI:
@@ -93,8 +86,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     metrics = create_metrics()
     follower = RegistryFollower(
         model_name=settings.model_name, tracking_uri=settings.tracking_uri,
-        reload_seconds=settings.reload_seconds, threads=settings.ort_threads,
-        canary_fraction=settings.canary_fraction,
+        reload_seconds=settings.serve.reload_seconds, threads=settings.ort_threads,
+        canary_fraction=settings.serve.canary_fraction,
         on_loaded=lambda model: metrics.model_loads.labels("loaded").inc(),
         on_failed=lambda error: metrics.model_loads.labels("failed").inc(),
         on_routing=lambda routing: _publish_routing(metrics, routing),
@@ -139,8 +132,8 @@ def _add_routes(app: FastAPI, settings: ServeSettings, follower: RegistryFollowe
         """Classify one or more images (multipart field `files`, or JSON base64)."""
         started = time.perf_counter()
         try:
-            uploads = await read_uploads(request, max_images=settings.max_images,
-                                         max_body_bytes=settings.max_body_bytes)  # fmt: skip
+            uploads = await read_uploads(request, max_images=settings.serve.max_images,
+                                         max_body_bytes=settings.serve.max_body_bytes)  # fmt: skip
             model, body = _predict(uploads, follower.routing, settings, writer, metrics)
             return answer("/predict", 200, body, model.version, started)
         except BadInput as error:
@@ -212,7 +205,7 @@ def _predict(uploads: list[Upload], routing: Routing, settings: ServeSettings,
                             "request_id": request_id})  # fmt: skip
         metrics.predictions.labels(model.version, model.alias, label).inc()
         metrics.confidence.labels(model.version, model.alias).observe(confidence)
-        if writer and random.random() < settings.log_sample_rate:
+        if writer and random.random() < settings.serve.log_sample_rate:
             writer.add(LoggedPrediction(
                 time=now, request_id=request_id, sha256=digest,
                 image=image_key(digest, _extension(upload.data)), model_name=model.name,
@@ -237,13 +230,13 @@ def _publish_routing(metrics: ServeMetrics, routing: Routing) -> None:
 
 def _log_writer(settings: ServeSettings,
                 metrics: ServeMetrics) -> PredictionLogWriter | None:  # fmt: skip
-    if settings.log_sample_rate <= 0:
+    if settings.serve.log_sample_rate <= 0:
         return None
     return PredictionLogWriter(
-        open_store(settings.log), flush_records=settings.log_flush_records,
-        flush_seconds=settings.log_flush_seconds, retries=settings.log_retries,
-        max_pending=settings.log_max_pending,
-        max_pending_bytes=settings.log_max_pending_mb << 20,
+        open_store(settings.serve.log), flush_records=settings.serve.log_flush_records,
+        flush_seconds=settings.serve.log_flush_seconds, retries=settings.serve.log_retries,
+        max_pending=settings.serve.log_max_pending,
+        max_pending_bytes=settings.serve.log_max_pending_mb << 20,
         on_failure=metrics.log_flush_failures.inc,
         on_written=metrics.log_records.inc, on_dropped=metrics.log_dropped.inc,
     )  # fmt: skip

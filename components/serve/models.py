@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,14 @@ class LoadedModel:
     tags: dict[str, str] = field(repr=False)
     loaded_at: str
 
+    @cached_property  # read once: get_inputs() builds new objects on every call
+    def input_name(self) -> str:
+        return str(self.session.get_inputs()[0].name)
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Softmax of the logits of a normalised (N, C, H, W) float32 batch."""
-        name = self.session.get_inputs()[0].name
-        logits = np.asarray(self.session.run(None, {name: batch})[0], dtype=np.float64)
+        feed = {self.input_name: batch}
+        logits = np.asarray(self.session.run(None, feed)[0], dtype=np.float64)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
         return probabilities

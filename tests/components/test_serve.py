@@ -113,14 +113,17 @@ def _metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def _assert_not_ready(url: str, setup: Setup, reason: str) -> None:
+    """/ready says why (`reason` in its text) and /predict refuses with 503 no_model."""
+    ready = httpx.get(f"{url}/ready", timeout=10)
+    assert ready.status_code == 503 and reason in ready.json()["reason"]
+    refused = httpx.post(f"{url}/predict", files=_files(setup.images[:1]), timeout=10)
+    assert refused.status_code == 503 and refused.json()["error"] == "no_model"
+
+
 def test_no_champion_then_predictions_and_metrics(setup: Setup) -> None:
     with _service(setup) as url:
-        ready = httpx.get(f"{url}/ready", timeout=10)
-        assert ready.status_code == 503 and "champion" in ready.json()["reason"]
-        refused = httpx.post(
-            f"{url}/predict", files=_files(setup.images[:1]), timeout=10
-        )
-        assert refused.status_code == 503 and refused.json()["error"] == "no_model"
+        _assert_not_ready(url, setup, "champion")
 
         version = setup.promote("first")
         _wait(lambda: _version(url) == version)
@@ -258,12 +261,7 @@ def test_an_unreachable_registry_is_reported_not_fatal(setup: Setup) -> None:
     dead = f"http://127.0.0.1:{servers.free_port()}"  # nothing listens there
     setup.env["MLFLOW_TRACKING_URI"] = dead
     with _service(setup) as url:
-        ready = httpx.get(f"{url}/ready", timeout=10)
-        assert ready.status_code == 503 and "127.0.0.1" in ready.json()["reason"]
-        refused = httpx.post(
-            f"{url}/predict", files=_files(setup.images[:1]), timeout=10
-        )
-        assert refused.status_code == 503 and refused.json()["error"] == "no_model"
+        _assert_not_ready(url, setup, "127.0.0.1")
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
 
 
