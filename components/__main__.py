@@ -22,6 +22,7 @@ from components.config import (
     TuneConfig,
     ValidateConfig,
     load_params,
+    load_task_name,
 )
 
 app = typer.Typer(
@@ -54,10 +55,12 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 def ingest(
     out_dir: OutDir = Path("data/dataset"), params: Params = DEFAULT_PARAMS
 ) -> None:
-    """Copy ingest.source into OUT_DIR with manifest.parquet and dataset.json."""
+    """Copy ingest.source into OUT_DIR (in the layout of params' `task`) with
+    manifest.parquet and dataset.json."""
     from components.ingest import ingest as run
 
-    result = run(load_params("ingest", IngestConfig, params), out_dir=out_dir)
+    result = run(load_params("ingest", IngestConfig, params), out_dir=out_dir,
+                 task=load_task_name(params))  # fmt: skip
     typer.echo(
         f"ingested {result.num_images} images, {len(result.classes)} classes, "
         f"content_hash {result.content_hash}"
@@ -91,13 +94,15 @@ def train(
 ) -> None:
     """Train under Ray Train (a Ray Tune search when tune.num_samples > 1); write the
     best-by-validation candidate to OUT_DIR."""
+    from components.tasks import dataset_task
     from components.tune import tune as run
 
+    target = dataset_task(data_dir).target_metric
     result = run(load_params("tune", TuneConfig, params),
                  load_params("train", TrainConfig, params),
                  data_dir=data_dir, out_dir=out_dir, params_path=params)  # fmt: skip
     typer.echo(
-        f"val_accuracy {result.metrics['val_accuracy']:.4f}; MLflow run {result.run_id}"
+        f"{target} {result.metrics[target]:.4f}; MLflow run {result.run_id}"
     )
 
 
@@ -144,10 +149,13 @@ def evaluate(
     cfg = load_params("evaluate", EvaluateConfig, params)
     result = run(cfg, model_dir=model_dir, shipped_dir=shipped_dir, data_dir=data_dir,
                  report_dir=report_dir, reference_dir=reference_dir)  # fmt: skip
+    from components.tasks import get_task
+
     metrics = result.metrics
+    headline = get_task(str(metrics["task"])).headline
     typer.echo(
-        f"{metrics['variant']}: test_accuracy {metrics['test_accuracy']:.4f} "
-        f"(fp32 {metrics['fp32_test_accuracy']:.4f}), ECE {metrics['ece']:.4f}"
+        f"{metrics['variant']}: {headline} {metrics[headline]:.4f} "
+        f"(fp32 {metrics['fp32_' + headline]:.4f}), ECE {metrics['ece']:.4f}"
     )
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from components.config import CompressBudget, CompressConfig
-from components.data import ImageDataset, read_split
+from components.data import read_split
 from components.io import atomic_dir, read_json, write_json
 from components.model import (
     LINEAGE_FILE,
@@ -47,8 +47,9 @@ from components.quantize import (
     quantize_ptq,
 )
 from components.spec import ONNX_FILE
+from components.tasks import Task, get_task
 from components.tracking import log_results, training_run
-from components.train_loop import Precision, run_epoch, seed_everything
+from components.train_loop import Precision, run_task_epoch, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,12 @@ class Variant:
 @dataclass(frozen=True)
 class Measurement:
     variant: str
+    # The task's headline test metric (`metric` in the report: accuracy; segmentation: mIoU)
     accuracy: float  # ONNX Runtime, test split
-    accuracy_drop_pts: float  # fp32's accuracy minus this one's, in points
+    accuracy_drop_pts: float  # fp32's minus this one's, in points
     pytorch_accuracy: float
-    onnx_agreement: float  # share of test images where ORT and PyTorch predict alike
+    # share of test images (segmentation: pixels) where ORT and PyTorch predict alike
+    onnx_agreement: float
     max_logit_diff: float
     onnx_bytes: int
     gzip_bytes: int
@@ -111,16 +114,17 @@ def compress(
     `report_path` (JSON, with a PNG beside it). Raises CompressionBudgetError when no
     variant meets the budget; nothing is written then."""
     candidate, spec = load_model(model_dir)
-    test = _images(data_dir, "test", spec)
+    task = get_task(spec.task)
+    test = _images(data_dir, "test", spec, task)
     with tempfile.TemporaryDirectory(prefix="compress-") as scratch:
         builder = _Builder(cfg, candidate, spec, data_dir, Path(scratch))
         variants = [builder.build(name) for name in cfg.variants]
-        table = _measure_all(variants, test, cfg)
+        table = _measure_all(variants, test, cfg, task)
         shipped, table = choose_variant(table, cfg.budget)  # raises if nothing fits
         chosen = next(v for v in variants if v.name == shipped.variant)
         with atomic_dir(out_dir) as staging:
             _write_variant(chosen, staging, model_dir, shipped)
-        _write_report(report_path, table, shipped, cfg.budget)
+        _write_report(report_path, table, shipped, cfg.budget, task.metric)
     run_id = training_run(model_dir)
     if run_id:
         metrics = {f"compress_{k}": v for k, v in summary(table, shipped).items()}
@@ -212,7 +216,8 @@ class _Builder:
             spec,
             scratch,
         )
-        self.train_set = ImageDataset(data_dir, read_split(data_dir, "train"), spec)
+        self.task = get_task(spec.task)
+        self.train_set = self.task.dataset(data_dir, read_split(data_dir, "train"), spec)
         self.example = torch.stack([self.train_set[i][0] for i in range(2)])
         self._pruned: dict[str, Variant] = {}
 
@@ -284,9 +289,9 @@ class _Builder:
         loader = DataLoader(self.train_set, batch_size=self.cfg.batch_size,
                             shuffle=True, generator=generator)  # fmt: skip
         for epoch in range(epochs):
-            loss, accuracy = run_epoch(model, loader, _CPU, optimizer)
-            log.info("  fine-tune epoch %d: loss %.4f, train accuracy %.4f",
-                     epoch, loss, accuracy)  # fmt: skip
+            result = run_task_epoch(model, loader, _CPU, self.task, self.spec, optimizer)
+            log.info("  fine-tune epoch %d: %s", epoch,
+                     ", ".join(f"{k} {v:.4f}" for k, v in result.items()))  # fmt: skip
 
     def _calibration(self) -> Iterator[np.ndarray]:
         """The same seeded sample of training images for every int8 variant."""
@@ -300,17 +305,19 @@ class _Builder:
 @dataclass(frozen=True)
 class _TestSet:
     images: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray  # (N,) class ids, or (N, H, W) masks
+    spec: ModelSpec
 
 
-def _images(data_dir: Path, split: str, spec: ModelSpec) -> _TestSet:
-    dataset = ImageDataset(data_dir, read_split(data_dir, split), spec)
+def _images(data_dir: Path, split: str, spec: ModelSpec, task: Task) -> _TestSet:
+    rows = read_split(data_dir, split)
+    dataset = task.dataset(data_dir, rows, spec)
     images = np.stack([dataset[i][0].numpy() for i in range(len(dataset))])
-    return _TestSet(images.astype(np.float32), np.array(dataset.targets))
+    return _TestSet(images.astype(np.float32), task.targets(rows, data_dir, spec), spec)
 
 
 def _measure_all(
-    variants: list[Variant], test: _TestSet, cfg: CompressConfig
+    variants: list[Variant], test: _TestSet, cfg: CompressConfig, task: Task
 ) -> list[Measurement]:
     sessions = {v.name: OnnxModel(v.onnx_path, threads=cfg.threads) for v in variants}
     batch64 = np.resize(test.images, (64, *test.images.shape[1:]))
@@ -319,7 +326,7 @@ def _measure_all(
         sessions, batch64, min(cfg.warmup, 5), max(5, cfg.runs // 10)
     )
     rows = [
-        _measure(v, sessions[v.name], test, latency_b1[v.name], latency_b64[v.name])
+        _measure(v, sessions[v.name], test, latency_b1[v.name], latency_b64[v.name], task)
         for v in variants
     ]
     fp32 = next(row for row in rows if row.variant == "fp32")
@@ -335,6 +342,7 @@ def _measure(
     test: _TestSet,
     latency_b1: float,
     latency_b64: float,
+    task: Task,
 ) -> Measurement:
     onnx_logits = _batched(session.logits, test.images)
     with torch.no_grad():
@@ -346,9 +354,9 @@ def _measure(
     onnx_predicted = onnx_logits.argmax(1)
     return Measurement(
         variant=variant.name,
-        accuracy=float((onnx_predicted == test.labels).mean()),
+        accuracy=task.score(onnx_predicted, test.labels, test.spec),
         accuracy_drop_pts=0.0,  # filled in against fp32 by _measure_all
-        pytorch_accuracy=float((torch_logits.argmax(1) == test.labels).mean()),
+        pytorch_accuracy=task.score(torch_logits.argmax(1), test.labels, test.spec),
         onnx_agreement=float((onnx_predicted == torch_logits.argmax(1)).mean()),
         max_logit_diff=float(np.abs(onnx_logits - torch_logits).max()),
         onnx_bytes=len(data),
@@ -389,18 +397,23 @@ def _flat_metrics(row: Measurement) -> dict[str, Any]:
 
 
 def _write_report(
-    path: Path, table: list[Measurement], shipped: Measurement, budget: CompressBudget
+    path: Path,
+    table: list[Measurement],
+    shipped: Measurement,
+    budget: CompressBudget,
+    metric: str,
 ) -> None:
     write_json(path, {
         "shipped": shipped.variant,
+        "metric": metric,  # what the table's `accuracy` columns measure
         "summary": summary(table, shipped),
         "budget": budget.model_dump(),
         "variants": [asdict(row) for row in table],
     })  # fmt: skip
-    _plot(path.with_suffix(".png"), table, shipped.variant)
+    _plot(path.with_suffix(".png"), table, shipped.variant, metric)
 
 
-def _plot(path: Path, table: list[Measurement], shipped: str) -> None:
+def _plot(path: Path, table: list[Measurement], shipped: str, metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -420,7 +433,7 @@ def _plot(path: Path, table: list[Measurement], shipped: str) -> None:
                           xytext=(4, 4), textcoords="offset points")  # fmt: skip
     by_latency.set_xlabel("batch-1 latency, ms (ONNX Runtime)")
     by_size.set_xlabel("size, kB (ONNX, gzip)")
-    by_latency.set_ylabel("test accuracy, %")
+    by_latency.set_ylabel(f"test {metric}, %")
     figure.suptitle(f"Compression variants (shipped: {shipped}, marked *)")
     figure.tight_layout()
     temporary = path.with_name(f".{path.name}.tmp")

@@ -40,6 +40,7 @@ class IngestConfig(_Section):
 
 
 class ValidateConfig(_Section):
+    # classification: the class folders
     min_classes: int = Field(2, ge=2)
     min_images_per_class: int = Field(10, ge=1)
     # largest class count divided by the smallest; 1.0 means perfectly balanced
@@ -47,10 +48,18 @@ class ValidateConfig(_Section):
     min_side: int = Field(8, ge=1)
     max_side: int = Field(4096, ge=1)
     max_pixels: int = Field(16_000_000, ge=1)
+    # segmentation: the share of images whose mask is all background (no object to learn)
+    max_empty_share: float = Field(0.2, ge=0, le=1)
 
 
 class TrainConfig(_Section):
-    arch: Literal["cnn", "resnet"] = "cnn"
+    # classification: cnn | resnet; segmentation: unet | deeplabv3plus
+    arch: Literal["cnn", "resnet", "unet", "deeplabv3plus"] = "cnn"
+    # ce: cross-entropy (segmentation: the ignore id's pixels left out); ce_dice: + soft Dice
+    loss: Literal["ce", "ce_dice"] = "ce"
+    # Applied to the image and its mask together, seeded (components/augment.py).
+    augment: list[Literal["hflip", "vflip", "scale_crop"]] = Field(default_factory=list)
+    output_stride: Literal[8, 16] = 16  # deeplabv3plus
     epochs: int = Field(15, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -65,8 +74,10 @@ class TrainConfig(_Section):
     channels_last: bool = True  # on GPU only
     seed: int = 0
     image_size: int = Field(16, ge=4)
+    # cnn/resnet: a block (stage) per width; unet: the encoder's levels; deeplabv3plus: its
+    # residual stages
     channels: list[int] = Field(default_factory=lambda: [32, 64])
-    hidden: int = Field(128, ge=1)
+    hidden: int = Field(128, ge=1)  # classifier head width; deeplabv3plus: ASPP width
     dropout: float = Field(0.2, ge=0, lt=1)
     loader_workers: int = Field(0, ge=0)
     max_failures: int = Field(
@@ -74,7 +85,7 @@ class TrainConfig(_Section):
     )  # worker-group restarts from the latest checkpoint
     checkpoints_to_keep: int = Field(
         2, ge=1
-    )  # best by val_accuracy; the latest is kept too
+    )  # best by val_accuracy (segmentation: val_miou); the latest is kept too
     experiment: str = "image-classifier"
     # "" keeps Ray Train's checkpoints under .cache/ray; "s3://bucket/prefix" at scale.
     storage_path: str = ""
@@ -146,7 +157,7 @@ class CompressBudget(_Section):
 
     max_accuracy_drop_pts: float = Field(
         1.0, ge=0
-    )  # test accuracy below fp32's, points
+    )  # the headline test metric (accuracy; segmentation: mIoU) below fp32's, points
     max_latency_ms: float = Field(10.0, gt=0)  # batch 1, ONNX Runtime, compress.threads
     max_size_bytes: int = Field(10_000_000, gt=0)  # the ONNX file, gzip-compressed
 
@@ -195,6 +206,8 @@ class EvaluateConfig(_Section):
     brightness_delta: float = Field(0.03, gt=0)  # on [0, 1] pixels, the same
     threads: int = Field(1, ge=1)  # ONNX Runtime threads
     latency_runs: int = Field(200, ge=1)
+    worst_images: int = Field(6, ge=1)  # segmentation: drawn in worst_images.png
+    boundary_tolerance: int = Field(2, ge=0)  # segmentation: boundary F1's, pixels
     # The drift reference (reports/reference/): the embedding is projected on this many
     # principal axes of the reference's own embeddings.
     reference_dims: int = Field(8, ge=1)
@@ -216,7 +229,13 @@ class PromoteConfig(_Section):
     min_accuracy: float = Field(0.9, ge=0, le=1)  # floor on the shipped test accuracy
     min_slice_accuracy: float = Field(0.8, ge=0, le=1)  # floor on every slice ...
     min_slice_items: int = Field(10, ge=1)  # ... with at least this many items
-    alpha: float = Field(0.05, gt=0, lt=1)  # one-sided exact McNemar, paired test items
+    # Segmentation (metric miou) floors; the accuracy ones above are classification's.
+    min_miou: float = Field(0.8, ge=0, le=1)  # floor on the shipped test mIoU
+    min_class_iou: float = Field(0.5, ge=0, le=1)  # floor on every class's test IoU
+    min_slice_miou: float = Field(0.7, ge=0, le=1)  # floor on every slice's mIoU ...
+    # ... with at least min_slice_items. Paired tests on the shared test items, one-sided:
+    # exact McNemar (accuracy), Wilcoxon signed-rank on per-image IoU (miou).
+    alpha: float = Field(0.05, gt=0, lt=1)
     require_improvement: bool = False  # True: significantly better, not just no worse
     min_paired_items: int = Field(
         30, ge=1
@@ -296,6 +315,18 @@ class ServeConfig(_Section):
 
 
 SectionT = TypeVar("SectionT", bound=_Section)
+
+
+def load_task_name(params_path: Path = DEFAULT_PARAMS) -> str:
+    """The top-level `task:` (default classification); ingest records it in dataset.json."""
+    from components.tasks import TASKS
+
+    task = read_params(params_path).get("task", TASKS[0])
+    if task not in TASKS:
+        raise ParamsError(
+            f"{params_path}: task: {task!r} is not one of {', '.join(TASKS)}"
+        )
+    return str(task)
 
 
 def read_params(params_path: Path = DEFAULT_PARAMS) -> dict[str, Any]:

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
+from components.augment import augment_pair
 from components.ingest import MANIFEST
-from components.preprocess import normalise, to_pixels
+from components.masks import read_mask
+from components.preprocess import MAX_PIXELS, normalise, to_pixels
 from components.spec import ModelSpec
 
-__all__ = ["ImageDataset", "input_contract", "read_split", "to_pixels", "to_tensor"]
+__all__ = [
+    "ImageDataset",
+    "MaskDataset",
+    "input_contract",
+    "read_split",
+    "to_pixels",
+    "to_target_mask",
+    "to_tensor",
+]
 
 
 def read_split(data_dir: Path, split: str) -> pd.DataFrame:
@@ -39,10 +51,25 @@ def input_contract(train_rows: pd.DataFrame) -> tuple[int, float, float]:
     return in_channels, mean, max(std, 1e-3)
 
 
-class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
+class _Augmented:
+    """Seeded augmentation: item i in epoch e always gets the same draw, on any worker."""
+
+    def __init__(self, augment: Sequence[str], seed: int) -> None:
+        self.augment, self.seed, self.epoch = tuple(augment), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+
+class ImageDataset(_Augmented, Dataset[tuple[torch.Tensor, int]]):
     """Images of one split as normalised (C, H, W) float tensors and class indices."""
 
-    def __init__(self, data_dir: Path, rows: pd.DataFrame, spec: ModelSpec) -> None:
+    def __init__(self, data_dir: Path, rows: pd.DataFrame, spec: ModelSpec,
+                 augment: Sequence[str] = (), seed: int = 0) -> None:  # fmt: skip
+        super().__init__(augment, seed)
         self.paths = [data_dir / p for p in rows["path"]]
         index_of = {name: i for i, name in enumerate(spec.classes)}
         unknown = sorted(set(rows["label"]) - set(index_of))
@@ -55,7 +82,49 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return to_tensor(self.paths[index], self.spec), self.targets[index]
+        image = to_tensor(self.paths[index], self.spec)
+        if self.augment:
+            image, _ = augment_pair(image, None, self.augment, self._rng(index))
+        return image, self.targets[index]
+
+
+class MaskDataset(_Augmented, Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Images and their masks (segmentation): a normalised (C, H, W) float tensor and an
+    (H, W) int64 tensor of class ids (spec.ignore_index where unlabelled), both at the
+    model's resolution, augmented together."""
+
+    def __init__(self, data_dir: Path, rows: pd.DataFrame, spec: ModelSpec,
+                 augment: Sequence[str] = (), seed: int = 0) -> None:  # fmt: skip
+        super().__init__(augment, seed)
+        self.paths = [data_dir / p for p in rows["path"]]
+        self.masks = [data_dir / p for p in rows["mask_path"]]
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = to_tensor(self.paths[index], self.spec)
+        mask = torch.from_numpy(to_target_mask(self.masks[index], self.spec))
+        if self.augment:
+            image, augmented = augment_pair(image, mask, self.augment, self._rng(index),
+                                            ignore_index=self.spec.ignore_index)  # fmt: skip
+            assert augmented is not None
+            mask = augmented
+        return image, mask.long()
+
+
+def to_target_mask(path: Path, spec: ModelSpec) -> np.ndarray:
+    """A mask at the model's resolution: (H, W) int64 class ids, resized by nearest
+    neighbour (a class id is never blended with another)."""
+    mask = read_mask(path, max_pixels=MAX_PIXELS)
+    if mask.shape != (spec.image_size, spec.image_size):
+        mask = np.asarray(
+            Image.fromarray(mask).resize(
+                (spec.image_size, spec.image_size), Image.Resampling.NEAREST
+            )
+        )
+    return mask.astype(np.int64)
 
 
 def to_tensor(path: Path, spec: ModelSpec) -> torch.Tensor:

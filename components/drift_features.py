@@ -31,6 +31,7 @@ from components.data import to_pixels
 from components.io import read_json, sha256_file, write_json
 from components.model import SPEC_FILE, WEIGHTS_FILE, ModelSpec, load_model
 from components.onnx_model import OnnxModel
+from components.tasks import Outputs, get_task
 
 FEATURES_FILE = "features.parquet"
 PROJECTION_FILE = "projection.npz"
@@ -79,12 +80,15 @@ def model_scorer(model_dir: Path) -> tuple[Scorer, ModelSpec, str]:
     Returns the scorer, the spec and the model file's sha256 (the reference records it, so a
     monitor never compares features of two different models)."""
     spec = ModelSpec(**read_json(model_dir / SPEC_FILE))
+    task = get_task(spec.task)
     onnx_path = model_dir / "model.onnx"
     if onnx_path.is_file():
-        session = OnnxModel(onnx_path, threads=os.cpu_count() or 1, embedding=True)
+        session = OnnxModel(onnx_path, threads=os.cpu_count() or 1,
+                            embedding=task.embedding_layer)  # fmt: skip
         return session.embeddings_and_logits, spec, sha256_file(onnx_path)
     model, spec = load_model(model_dir)
-    return _torch_scorer(model), spec, sha256_file(model_dir / WEIGHTS_FILE)
+    return _torch_scorer(model, task.embedding_module(model)), spec, \
+        sha256_file(model_dir / WEIGHTS_FILE)  # fmt: skip
 
 
 def features(
@@ -158,15 +162,14 @@ def numerical_columns(frame: pd.DataFrame) -> list[str]:
     return [column for column in frame.columns if column != PREDICTED_CLASS]
 
 
-def _torch_scorer(model: torch.nn.Module) -> Scorer:
-    """(embeddings, logits) of a PyTorch classifier: the input of its last linear layer,
-    caught by a forward hook, and its output."""
-    last_linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+def _torch_scorer(model: torch.nn.Module, layer: torch.nn.Module) -> Scorer:
+    """(embeddings, logits) of a PyTorch model: the input of `layer` (the task's embedding
+    layer), caught by a forward hook, and the output."""
     model.eval()
 
     def score(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         captured: list[torch.Tensor] = []
-        hook = last_linear.register_forward_hook(
+        hook = layer.register_forward_hook(
             lambda _module, inputs, _output: captured.append(inputs[0].detach())
         )
         try:
@@ -187,12 +190,13 @@ def _model_outputs(
     for start in range(0, len(pixels), batch_size):
         batch = (pixels[start : start + batch_size] - spec.mean) / spec.std
         embedded, scored = scorer(np.ascontiguousarray(batch, dtype=np.float32))
+        if embedded.ndim == 4:  # feature maps: their spatial mean per channel
+            embedded = embedded.mean(axis=(2, 3))
         embeddings.append(embedded.reshape(len(batch), -1))
         logits.append(scored)
     if not logits:
-        return np.zeros((0, 1), "f4"), np.zeros((0, spec.num_classes), "f4")
-    stacked = torch.from_numpy(np.concatenate(logits)).float()
-    return np.concatenate(embeddings), torch.softmax(stacked, dim=1).numpy()
+        raise ValueError("no images to score")
+    return np.concatenate(embeddings), Outputs.from_logits(np.concatenate(logits)).probabilities
 
 
 def _frame(
@@ -201,12 +205,13 @@ def _frame(
     probabilities: np.ndarray,
     spec: ModelSpec,
 ) -> pd.DataFrame:
+    """Statistics, the projected embedding, and the task's output features, with the
+    predicted class (segmentation: the largest object predicted) as a categorical."""
     columns = {f"embedding_{i}": projected[:, i] for i in range(projected.shape[1])}
-    columns |= {f"softmax_{name}": probabilities[:, i]
-                for i, name in enumerate(spec.classes)}  # fmt: skip
-    columns["confidence"] = probabilities.max(axis=1) if len(probabilities) else []
-    frame = pd.concat([image_statistics(pixels), pd.DataFrame(columns)], axis=1)
+    outputs = get_task(spec.task).output_features(probabilities, spec)
+    predicted = outputs.pop(PREDICTED_CLASS)
+    frame = pd.concat([image_statistics(pixels), pd.DataFrame(columns | outputs)], axis=1)
     frame[PREDICTED_CLASS] = pd.Categorical(
-        [spec.classes[i] for i in probabilities.argmax(axis=1)], categories=spec.classes
-    ) if len(probabilities) else pd.Categorical([], categories=spec.classes)  # fmt: skip
+        [spec.classes[int(i)] for i in predicted], categories=spec.classes
+    )
     return frame

@@ -4,6 +4,7 @@ per-item predictions (the promotion gate compares models on the same items)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,21 +12,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
 
 from components.config import EvaluateConfig
-from components.data import ImageDataset, read_split
+from components.data import read_split
 from components.drift_features import model_scorer, write_reference
+from components.evaluate_plots import plot_confusion, plot_reliability
 from components.ingest import DATASET_JSON
 from components.io import atomic_dir, read_json, write_json
 from components.model import ModelSpec, load_model
 from components.onnx_model import OnnxModel, median_latency_ms
-from components.quality import agreement, calibration, slice_accuracy, slice_labels
+from components.quality import agreement, calibration, slice_labels, slice_scores
+from components.tasks import Outputs, Task, get_task
 from components.tracking import log_results, training_run
 
 METRICS_FILE = "metrics.json"
@@ -35,17 +32,14 @@ CONFUSION_CSV = "confusion.csv"
 CONFUSION_PNG = "confusion_matrix.png"
 RELIABILITY_PNG = "reliability.png"
 
+# A normalised batch -> logits
+Run = Callable[[np.ndarray], np.ndarray]
+
 
 @dataclass(frozen=True)
 class EvaluateResult:
     report_dir: Path
     metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class _Scored:
-    probabilities: np.ndarray
-    predicted: np.ndarray
 
 
 def evaluate(
@@ -59,41 +53,45 @@ def evaluate(
 ) -> EvaluateResult:
     """Score the shipped variant in `shipped_dir` (its model.onnx; the candidate itself when
     None) and the fp32 candidate in `model_dir` on the test split; write under `report_dir`,
-    and the drift monitor's reference (features of the test split) under `reference_dir`."""
+    and the drift monitor's reference (features of the test split) under `reference_dir`.
+
+    The task (spec.task) supplies the targets and its metrics; what both tasks share is here:
+    calibration and the confusion matrix over the labelled units (images, or pixels),
+    slices and behavioural checks over the per-item quality, latency, the reference."""
     candidate, spec = load_model(model_dir)
+    task = get_task(spec.task)
     rows = read_split(data_dir, "test")
-    dataset = ImageDataset(data_dir, rows, spec)
+    dataset = task.dataset(data_dir, rows, spec)
     images = np.stack([dataset[i][0].numpy() for i in range(len(dataset))])
-    labels = np.array(dataset.targets)
+    targets = task.targets(rows, data_dir, spec)
     fp32 = _score(lambda batch: _torch_logits(candidate, batch), images, cfg.batch_size)
     onnx = (
         OnnxModel(shipped_dir / "model.onnx", threads=cfg.threads)
         if shipped_dir
         else None
     )
-    run = onnx.logits if onnx else (lambda batch: _torch_logits(candidate, batch))
+    run: Run = onnx.logits if onnx else (lambda batch: _torch_logits(candidate, batch))
     shipped = _score(run, images, cfg.batch_size)
     variant = (
         read_json(shipped_dir / "variant.json")["variant"] if shipped_dir else "fp32"
     )
 
-    ece, bins = calibration(shipped.probabilities, labels, cfg.calibration_bins)
-    fp32_ece, _ = calibration(fp32.probabilities, labels, cfg.calibration_bins)
-    predictions = _predictions(rows, spec, labels, shipped, fp32, cfg)
-    slices = slice_accuracy(predictions)
+    probabilities, predicted, labels = task.flatten(shipped, targets, spec)
+    ece, bins = calibration(probabilities, labels, cfg.calibration_bins)
+    fp32_ece, _ = calibration(*_flat_scores(task, fp32, targets, spec), cfg.calibration_bins)
+    report = task.report(shipped, fp32, targets, images, rows, spec, cfg, variant)
+    predictions = _predictions(rows, report.per_item, cfg)
+    slices = slice_scores(predictions)
     metrics: dict[str, Any] = {
+        "task": task.name,
         "variant": variant,
         "test_images": len(rows),
-        "test_accuracy": float(accuracy_score(labels, shipped.predicted)),
-        "test_macro_f1": float(
-            f1_score(labels, shipped.predicted, average="macro", zero_division=0)
-        ),
+        **report.metrics,
         "ece": ece,
-        "fp32_test_accuracy": float(accuracy_score(labels, fp32.predicted)),
         "fp32_ece": fp32_ece,
-        **_invariance(run, images, shipped.predicted, spec, cfg),
+        **_invariance(run, images, shipped.predicted, spec, task, cfg),
         **{
-            f"slice_{name.replace(':', '_')}_accuracy": value["accuracy"]
+            f"slice_{name.replace(':', '_')}_{task.metric}": value["score"]
             for name, value in slices.items()
         },
     }
@@ -101,26 +99,25 @@ def evaluate(
         metrics["latency_ms_b1"] = median_latency_ms(
             {"shipped": onnx}, images[:1], 20, cfg.latency_runs
         )["shipped"]
+    names = list(spec.classes)
+    unit = "images" if targets.ndim == 1 else "pixels"
     with atomic_dir(report_dir) as staging:
         write_json(staging / METRICS_FILE, metrics)
-        write_json(
-            staging / "per_class.json",
-            {
-                "shipped": _per_class(labels, shipped.predicted, spec),
-                "fp32": _per_class(labels, fp32.predicted, spec),
-            },
-        )
+        write_json(staging / "per_class.json", report.per_class)
         write_json(staging / SLICES_FILE, slices)
         write_json(
             staging / "calibration.json",
-            {"ece": ece, "bins": bins.to_dict(orient="records")},
+            {"ece": ece, "unit": unit, "bins": bins.to_dict(orient="records")},
         )
         predictions.to_parquet(staging / PREDICTIONS_FILE, index=False)
-        predictions[["actual", "predicted"]].to_csv(
+        pd.DataFrame({"actual": [names[i] for i in labels],
+                      "predicted": [names[i] for i in predicted]}).to_csv(
             staging / CONFUSION_CSV, index=False
-        )
-        _plot_confusion(staging / CONFUSION_PNG, labels, shipped.predicted, spec)
-        _plot_reliability(staging / RELIABILITY_PNG, bins, ece, variant)
+        )  # fmt: skip
+        plot_confusion(staging / CONFUSION_PNG, labels, predicted, names, unit)
+        plot_reliability(staging / RELIABILITY_PNG, bins, ece, variant)
+        for name, write in report.files.items():
+            write(staging / name)
         if reference_dir is not None:
             watched = shipped_dir or model_dir
             scorer, _, digest = model_scorer(watched)
@@ -139,6 +136,13 @@ def evaluate(
     return EvaluateResult(report_dir=report_dir, metrics=metrics)
 
 
+def _flat_scores(
+    task: Task, outputs: Outputs, targets: np.ndarray, spec: ModelSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    probabilities, _, labels = task.flatten(outputs, targets, spec)
+    return probabilities, labels
+
+
 def _content_hash(data_dir: Path) -> str:
     return str(read_json(data_dir / DATASET_JSON)["content_hash"])
 
@@ -149,32 +153,34 @@ def _torch_logits(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
     return logits
 
 
-def _score(run: Any, images: np.ndarray, batch_size: int) -> _Scored:
+def _score(run: Run, images: np.ndarray, batch_size: int) -> Outputs:
     logits = np.concatenate(
         [
             run(images[start : start + batch_size])
             for start in range(0, len(images), batch_size)
         ]
     )
-    probabilities = torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy()
-    return _Scored(probabilities, probabilities.argmax(axis=1))
+    return Outputs.from_logits(logits)
 
 
 def _invariance(
-    run: Any,
+    run: Run,
     images: np.ndarray,
     predicted: np.ndarray,
     spec: ModelSpec,
+    task: Task,
     cfg: EvaluateConfig,
 ) -> dict[str, float]:
-    """Behavioural checks: the share of predictions unchanged by changes that should not
-    matter (a shift of a pixel or so; a small brightness change)."""
+    """Behavioural checks: the share of predictions (images, or pixels) that a change which
+    should not matter leaves as they were: a shift of a pixel or so (a mask moves with
+    it), a small brightness change."""
     shift = cfg.shift_pixels
     shifted = np.roll(images, shift=(shift, shift), axis=(2, 3))
     brighter = images + cfg.brightness_delta / spec.std  # in normalised units
     return {
         "invariance_shift": agreement(
-            _score(run, shifted, cfg.batch_size).predicted, predicted
+            _score(run, shifted, cfg.batch_size).predicted,
+            task.shifted(predicted, shift),
         ),
         "invariance_brightness": agreement(
             _score(run, brighter.astype(np.float32), cfg.batch_size).predicted,
@@ -184,92 +190,12 @@ def _invariance(
 
 
 def _predictions(
-    rows: pd.DataFrame,
-    spec: ModelSpec,
-    labels: np.ndarray,
-    shipped: _Scored,
-    fp32: _Scored,
-    cfg: EvaluateConfig,
+    rows: pd.DataFrame, per_item: pd.DataFrame, cfg: EvaluateConfig
 ) -> pd.DataFrame:
-    """One row per test item, keyed by content (sha256), with its slices."""
-    frame = pd.DataFrame(
-        {
-            "path": rows["path"],
-            "sha256": rows["sha256"],
-            "actual": rows["label"],
-            "predicted": [spec.classes[i] for i in shipped.predicted],
-            "confidence": shipped.probabilities.max(axis=1),
-            "correct": shipped.predicted == labels,
-            "fp32_predicted": [spec.classes[i] for i in fp32.predicted],
-            "fp32_correct": fp32.predicted == labels,
-        }
-    )
+    """One row per test item, keyed by content (sha256), with the task's columns (its
+    `quality`, which the gate pairs) and its slices."""
+    frame = pd.DataFrame({"path": rows["path"], "sha256": rows["sha256"]})
     return pd.concat(
-        [frame, slice_labels(rows, cfg.slice_features, cfg.slice_quantiles)], axis=1
-    )
-
-
-def _per_class(
-    labels: np.ndarray, predicted: np.ndarray, spec: ModelSpec
-) -> dict[str, dict[str, float | int]]:
-    indices = list(range(spec.num_classes))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=indices, zero_division=0
-    )
-    return {
-        name: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, name in enumerate(spec.classes)
-    }
-
-
-def _plot_confusion(
-    path: Path, labels: np.ndarray, predicted: np.ndarray, spec: ModelSpec
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    matrix = confusion_matrix(labels, predicted, labels=list(range(spec.num_classes)))
-    size = max(4.0, 0.5 * spec.num_classes + 2)
-    figure, axes = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(matrix, display_labels=spec.classes).plot(
-        ax=axes, colorbar=False, cmap="Blues"
-    )
-    axes.set_title("Confusion matrix (test split)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def _plot_reliability(path: Path, bins: pd.DataFrame, ece: float, variant: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(4.5, 4.5))
-    filled = bins[bins["count"] > 0]
-    width = float(bins["bin_high"].iloc[0] - bins["bin_low"].iloc[0])
-    axes.bar(
-        filled["bin_low"],
-        filled["accuracy"],
-        width=width,
-        align="edge",
-        edgecolor="black",
-        label="accuracy",
-    )
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    axes.set_xlabel("confidence")
-    axes.set_ylabel("accuracy")
-    axes.set_title(f"Reliability ({variant}), ECE {ece:.3f}")
-    axes.legend(loc="upper left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+        [frame, per_item.set_axis(rows.index),
+         slice_labels(rows, cfg.slice_features, cfg.slice_quantiles)], axis=1,
+    )  # fmt: skip

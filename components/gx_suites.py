@@ -104,6 +104,46 @@ def class_expectations(cfg: ValidateConfig) -> list[Any]:
     ]
 
 
+def class_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Classification: images per class and split, and each class's imbalance."""
+    counts = manifest.groupby(["label", "split"]).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=list(SPLITS), fill_value=0)
+    table = counts.assign(images=counts.sum(axis=1)).reset_index()
+    largest = table["images"].max() if len(table) else 0
+    table["imbalance"] = largest / table["images"].clip(lower=1)
+    table["label"] = table["label"].astype(str)
+    return table
+
+
+def mask_expectations() -> list[Any]:
+    """Segmentation: one row per image and per orphan mask (components/tasks/segmentation)."""
+    import great_expectations.expectations as gxe
+
+    def true(column: str, check: str) -> Any:
+        return gxe.ExpectColumnValuesToBeInSet(
+            column=column, value_set=[True], meta={"check": check}
+        )
+
+    return [
+        true("paired", "every image has exactly one mask and every mask an image"),
+        true("reads_as_ids", "mask is one channel of class ids (grey or palette PNG)"),
+        true("same_size", "mask has its image's width and height"),
+        true("declared_values", "mask values are declared class ids or the ignore id"),
+    ]
+
+
+def segmentation_class_expectations(cfg: ValidateConfig) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToBeBetween(
+            column="train_pixels",
+            min_value=1,
+            meta={"check": "every class has pixels in the train split"},
+        )
+    ]
+
+
 def run_suites(
     suites: dict[str, tuple[pd.DataFrame, list[Any], str]], *, docs_dir: Path
 ) -> SuiteOutcome:

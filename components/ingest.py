@@ -15,13 +15,15 @@ from tqdm import tqdm
 from components.config import IngestConfig
 from components.images import ImageReadError, decode, pixel_stats, read_header
 from components.io import atomic_dir, sha256_file, write_json
-from components.sources import copy_source, source_fingerprint
+from components.sources import source_fingerprint
+from components.tasks import DATASET_JSON, get_task
 
 IMAGES = "images"
 MANIFEST = "manifest.parquet"
-DATASET_JSON = "dataset.json"
 SPLITS = ("train", "val", "test")
-# One row per file; sizes are null and statistics NaN where the file could not be read.
+# One row per image; sizes are null and statistics NaN where the file could not be read.
+# `label` is the class (classification) or the stratum of the split (segmentation: the
+# mask's largest object class). The task adds its own columns after these.
 MANIFEST_COLUMNS = (
     "path",
     "sha256",
@@ -43,25 +45,31 @@ class IngestResult:
     classes: list[str]
 
 
-def ingest(cfg: IngestConfig, *, out_dir: Path) -> IngestResult:
-    """Copy `cfg.source` into `out_dir` and write manifest.parquet and dataset.json there.
+def ingest(
+    cfg: IngestConfig, *, out_dir: Path, task: str = "classification"
+) -> IngestResult:
+    """Copy `cfg.source` into `out_dir` in `task`'s layout; write manifest.parquet and
+    dataset.json (which records the task for every later stage) there.
 
     Unreadable files are kept and recorded with empty statistics: validate names them.
     When the source and params are unchanged since the last ingest into `out_dir`, nothing
     is rewritten: the Prefect flow re-ingests on every run and pays only a listing for it.
     """
     marker = out_dir.parent / f".{out_dir.name}.source.json"
-    fingerprint = {"source": source_fingerprint(cfg.source), "params": cfg.model_dump()}
+    fingerprint = {"source": source_fingerprint(cfg.source),
+                   "params": {**cfg.model_dump(), "task": task}}  # fmt: skip
     current = _unchanged_since_last_ingest(out_dir, marker, fingerprint)
     if current is not None:
         return _result(out_dir, current)
     marker.unlink(missing_ok=True)
     with atomic_dir(out_dir) as staging:
-        copy_source(cfg.source, staging / IMAGES)
-        manifest = _describe_files(staging, cfg.max_pixels)
+        handler = get_task(task)
+        handler.copy_source(cfg.source, staging)
+        manifest = handler.describe(staging, cfg.max_pixels)
         manifest["split"] = _assign_splits(manifest, cfg)
-        manifest[list(MANIFEST_COLUMNS)].to_parquet(staging / MANIFEST, index=False)
-        summary = _summarise(manifest, cfg.source)
+        extra = [c for c in manifest.columns if c not in MANIFEST_COLUMNS]
+        manifest[[*MANIFEST_COLUMNS, *extra]].to_parquet(staging / MANIFEST, index=False)
+        summary = _summarise(manifest, cfg.source, task, handler.summary(staging, manifest))
         write_json(staging / DATASET_JSON, summary)
     write_json(marker, {**fingerprint, "content_hash": summary["content_hash"]})
     return _result(out_dir, summary)
@@ -93,11 +101,13 @@ def _result(out_dir: Path, summary: dict[str, Any]) -> IngestResult:
     )
 
 
-def _describe_files(root: Path, max_pixels: int) -> pd.DataFrame:
-    paths = sorted(
-        p for p in (root / IMAGES).rglob("*") if p.is_file() or p.is_symlink()
-    )
-    rows = [_describe(root, path, max_pixels) for path in tqdm(paths, desc="describe")]
+def describe_images(
+    root: Path, paths: list[Path], max_pixels: int, labels: list[str]
+) -> pd.DataFrame:
+    """The manifest's image columns (all but `split`) for `paths` under `root`."""
+    rows = [_describe(root, path, max_pixels) | {"label": label}
+            for path, label in tqdm(zip(paths, labels, strict=True), total=len(paths),
+                                    desc="describe")]  # fmt: skip
     frame = pd.DataFrame(
         rows,
         columns=[c for c in MANIFEST_COLUMNS if c != "split"],
@@ -111,7 +121,6 @@ def _describe(root: Path, path: Path, max_pixels: int) -> dict[str, object]:
     relative = path.relative_to(root).as_posix()
     row: dict[str, object] = {
         "path": relative,
-        "label": path.parent.name,
         "sha256": None,
     }
     if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
@@ -163,26 +172,21 @@ def _split_sizes(count: int, cfg: IngestConfig) -> tuple[int, int]:
     return n_test, n_val
 
 
-def _summarise(manifest: pd.DataFrame, source: str) -> dict[str, object]:
-    rows = sorted(
-        zip(
-            manifest["path"],
-            manifest["sha256"].fillna(""),
-            manifest["label"],
-            strict=True,
-        )
-    )
-    content = hashlib.sha256(
-        "".join(f"{p}\t{s}\t{lbl}\n" for p, s, lbl in rows).encode()
-    )
+def _summarise(
+    manifest: pd.DataFrame, source: str, task: str, labels: dict[str, Any]
+) -> dict[str, object]:
+    """dataset.json: the content hash (every file's path and sha256, and the labels), the
+    task and its label facts, and the image count per split and stratum."""
+    content = hashlib.sha256("".join(labels.pop("content")).encode())
     counts = {
         split: {str(k): int(v) for k, v in part.groupby("label").size().items()}
         for split, part in manifest.groupby("split")
     }
     return {
         "content_hash": content.hexdigest(),
+        "task": task,
         "num_images": len(manifest),
-        "classes": sorted(manifest["label"].unique().tolist()),
+        **labels,
         "counts": counts,
         "source": source,
     }

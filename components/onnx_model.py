@@ -6,7 +6,7 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -56,14 +56,14 @@ class OnnxModel:
     """An ONNX Runtime CPU session with a fixed thread count (timings need one)."""
 
     def __init__(
-        self, path: Path, threads: int = 1, *, embedding: bool = False
+        self, path: Path, threads: int = 1, *, embedding: EmbeddingLayer | None = None
     ) -> None:
-        """`embedding`: also expose the input of the last Gemm/MatMul (the penultimate
-        layer) as a second output, for the drift monitor."""
+        """`embedding`: also expose that layer's input as a second output, for the drift
+        monitor (a classifier's head input; a segmentation net's encoder output)."""
         self.path = path
         source: str | bytes = str(path)
         if embedding:
-            source = _with_embedding_output(path)
+            source = _with_embedding_output(path, embedding)
         self.session = cpu_session(source, threads)
         self.input_name: str = self.session.get_inputs()[0].name
 
@@ -105,16 +105,25 @@ def median_latency_ms(
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
-def _with_embedding_output(path: Path) -> bytes:
-    """The model with the last Gemm/MatMul's data input added as a graph output: in a
-    classifier that is the embedding the head reads (after DequantizeLinear in int8)."""
+# Where the embedding is read: (op types, "first" or "last" such node); its data input.
+EmbeddingLayer = tuple[tuple[str, ...], Literal["first", "last"]]
+# A classifier's head: the last Gemm/MatMul reads the penultimate activations.
+CLASSIFIER_HEAD: EmbeddingLayer = (("Gemm", "MatMul"), "last")
+# An encoder-decoder's first upsampling reads the encoder's deepest features.
+DECODER_START: EmbeddingLayer = (("Resize", "ConvTranspose"), "first")
+
+
+def _with_embedding_output(path: Path, layer: EmbeddingLayer) -> bytes:
+    """The model with `layer`'s data input added as a graph output (after DequantizeLinear
+    in int8, so always float)."""
     import onnx
 
     model = onnx.load(str(path))
-    heads = [node for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]
-    if not heads:
-        raise ValueError(f"{path}: no Gemm or MatMul node, so no embedding to expose")
-    name = heads[-1].input[0]
+    op_types, which = layer
+    nodes = [node for node in model.graph.node if node.op_type in op_types]
+    if not nodes:
+        raise ValueError(f"{path}: no {'/'.join(op_types)} node, so no embedding to expose")
+    name = nodes[-1 if which == "last" else 0].input[0]
     model.graph.output.append(
         onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
     )

@@ -62,16 +62,17 @@ def slice_labels(
     return out
 
 
-def slice_accuracy(
-    predictions: pd.DataFrame, correct_column: str = "correct"
+def slice_scores(
+    predictions: pd.DataFrame, column: str = "quality"
 ) -> dict[str, dict[str, float]]:
-    """Accuracy and item count of every slice (`<feature>:<level>`)."""
+    """The mean per-item quality (accuracy, or mean per-image IoU) and item count of every
+    slice (`<feature>:<level>`)."""
     result: dict[str, dict[str, float]] = {}
-    for column in [c for c in predictions.columns if c.startswith("slice_")]:
-        feature = column.removeprefix("slice_")
-        for level, group in predictions.groupby(column):
+    for slice_column in [c for c in predictions.columns if c.startswith("slice_")]:
+        feature = slice_column.removeprefix("slice_")
+        for level, group in predictions.groupby(slice_column):
             result[f"{feature}:{level}"] = {
-                "accuracy": float(group[correct_column].mean()),
+                "score": float(group[column].mean()),
                 "count": len(group),
             }
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,6 +24,10 @@ BUILTIN_DIGITS = "builtin:digits"
 # Concurrent S3 downloads: per-request latency, not bandwidth, bounds many small images
 # (botocore keeps 10 connections per client).
 S3_DOWNLOAD_THREADS = 10
+
+
+# Where a source file lands, relative to the target folder (raises SourceError naming it).
+RelativePath = Callable[[PurePosixPath | Path, str], Path]
 
 
 class SourceError(ValueError):
@@ -41,10 +46,21 @@ def copy_source(source: str, images_dir: Path) -> None:
         _copy_folder(Path(source), images_dir)
 
 
+def copy_tree(source: str, root: Path) -> None:
+    """Copy every file of a folder or s3:// prefix into `root`, keeping relative paths (a
+    task's own layout, e.g. segmentation's images/, masks/ and classes.yaml)."""
+    if source.startswith("builtin:"):
+        raise SourceError(f"ingest.source: unknown built-in dataset '{source}'")
+    if source.startswith("s3://"):
+        _download_s3(source, root, _inside)
+    else:
+        _copy_folder(Path(source), root, _inside)
+
+
 def source_fingerprint(source: str) -> str:
     """A cheap fingerprint of the source's current state: names, sizes and change markers
     (mtimes locally, ETags on S3), without reading any file's content."""
-    if source == BUILTIN_DIGITS:
+    if source.startswith("builtin:"):  # generated from the installed scikit-learn
         from importlib.metadata import version
 
         return f"{source} scikit-learn=={version('scikit-learn')}"
@@ -80,14 +96,17 @@ def _write_digits(images_dir: Path) -> None:
         Image.fromarray(image, mode="L").save(class_dir / f"digit_{index:04d}.png")
 
 
-def _copy_folder(root: Path, images_dir: Path) -> None:
+def _copy_folder(
+    root: Path, images_dir: Path, relative_to: RelativePath | None = None
+) -> None:
+    place = relative_to or _class_relative
     if not root.is_dir():
         raise SourceError(f"ingest.source: folder '{root}' does not exist")
     real_root = root.resolve()
     files = sorted(_walk_files(root))
     for path in tqdm(files, desc="copy", unit="file"):
         relative = path.relative_to(root)
-        target = images_dir / _class_relative(relative, str(path))
+        target = images_dir / place(relative, str(path))
         target.parent.mkdir(parents=True, exist_ok=True)
         if path.is_symlink() and not path.resolve().is_relative_to(real_root):
             # Keep the escaping link as a link (never read what it points to) so that
@@ -104,8 +123,12 @@ def _walk_files(root: Path) -> list[Path]:
     return found
 
 
-def _download_s3(uri: str, images_dir: Path) -> None:
-    """Download `s3://bucket/prefix/<class>/<file>`; endpoint and keys come from AWS_* env."""
+def _download_s3(
+    uri: str, images_dir: Path, relative_to: RelativePath | None = None
+) -> None:
+    """Download `s3://bucket/prefix/<class>/<file>` (or, with `relative_to`, any layout);
+    endpoint and keys come from AWS_* env."""
+    place = relative_to or _class_relative
     client, prefix, items = _list_s3(uri)
     bucket = uri.removeprefix("s3://").partition("/")[0]
     if not items:
@@ -113,7 +136,7 @@ def _download_s3(uri: str, images_dir: Path) -> None:
 
     def target(key: str) -> Path:
         relative = PurePosixPath(key[len(prefix) :])
-        return images_dir / _class_relative(relative, f"s3://{bucket}/{key}")
+        return images_dir / place(relative, f"s3://{bucket}/{key}")
 
     # Every key is checked before anything is fetched.
     targets = {key: target(key) for key in sorted(item["Key"] for item in items)}
@@ -173,6 +196,12 @@ def _class_relative(relative: PurePosixPath | Path, item: str) -> Path:
     if any(part in ("", ".", "..") for part in parts):
         raise SourceError(f"{item}: path leaves the dataset root")
     return Path(*parts)
+
+
+def _inside(relative: PurePosixPath | Path, item: str) -> Path:
+    if any(part in ("", ".", "..") for part in relative.parts):
+        raise SourceError(f"{item}: path leaves the dataset root")
+    return Path(*relative.parts)
 
 
 def _ignored(name: str) -> bool:

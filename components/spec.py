@@ -29,6 +29,11 @@ class ModelSpec:
     std: float
     # True after structured pruning: layer widths then come from the saved weights.
     channel_pruned: bool = False
+    # components/tasks: "classification" (a class per image) or "segmentation" (a class per
+    # pixel; `classes` are then indexed by class id, and masks hold ids or ignore_index).
+    task: str = "classification"
+    ignore_index: int = 255  # segmentation: mask pixels that carry no label
+    output_stride: int = 16  # deeplabv3plus: input size / encoder feature size (8 or 16)
 
     @property
     def num_classes(self) -> int:

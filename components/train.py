@@ -17,6 +17,7 @@ from components.ingest import DATASET_JSON
 from components.io import atomic_dir, read_json, write_json
 from components.model import LINEAGE_FILE, ModelSpec, build_model, save_model
 from components.ray_runtime import discard_local_run, ensure_ray, storage_path_for
+from components.tasks import dataset_task, get_task
 from components.tracking import (
     EpochLogger,
     Lineage,
@@ -28,7 +29,6 @@ from components.train_loop import (
     CHECKPOINT_FILE,
     CPU_SECONDS,
     GPU_SECONDS,
-    TARGET_METRIC,
     train_loop_per_worker,
 )
 
@@ -77,19 +77,19 @@ def train(
                 f"training failed after train.max_failures={cfg.max_failures} "
                 f"restart(s): {error}"
             ) from error
-        state, resumes = best_state(result)
+        state, resumes = best_state(result, get_task(spec.task).target_metric)
         metrics = write_candidate(spec, state, resumes, out_dir, run_id=run_id,
                                   lineage={**asdict(lineage), "mlflow_run_id": run_id})  # fmt: skip
     discard_local_run(result.path)
     return TrainResult(model_dir=out_dir, metrics=metrics, run_id=run_id)
 
 
-def best_state(result: Any) -> tuple[dict[str, Any], list[int]]:
+def best_state(result: Any, target_metric: str) -> tuple[dict[str, Any], list[int]]:
     """The best-by-validation checkpoint's contents (its history completed with every epoch)
     and the epochs at which the run resumed after a failure."""
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}") from result.error
-    best = result.get_best_checkpoint(metric=TARGET_METRIC, mode="max")
+    best = result.get_best_checkpoint(metric=target_metric, mode="max")
     if best is None:
         raise RuntimeError("training reported no checkpoint")
     with best.as_directory() as folder:
@@ -158,10 +158,15 @@ def model_spec(cfg: TrainConfig, data_dir: Path) -> ModelSpec:
     """The architecture from params, the input contract and classes from the dataset."""
     train_rows = read_split(data_dir, "train")
     in_channels, mean, std = input_contract(train_rows)
-    classes = sorted(read_json(data_dir / DATASET_JSON)["classes"])
+    dataset = read_json(data_dir / DATASET_JSON)
+    task = dataset_task(data_dir)
+    task.check_arch(cfg.arch)
     return ModelSpec(
+        task=task.name,
+        ignore_index=int(dataset.get("ignore_index", 255)),
+        output_stride=cfg.output_stride,
         arch=cfg.arch,
-        classes=classes,
+        classes=list(dataset["classes"]),  # in class-id (output channel) order
         in_channels=in_channels,
         image_size=cfg.image_size,
         channels=list(cfg.channels),
@@ -199,7 +204,7 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.checkpoints_to_keep,
-                checkpoint_score_attribute=TARGET_METRIC,
+                checkpoint_score_attribute=get_task(spec.task).target_metric,
                 checkpoint_score_order="max",
             ),
             callbacks=callbacks or [],

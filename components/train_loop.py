@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from components.config import TrainConfig
-from components.data import ImageDataset, read_split
+from components.data import read_split
 from components.model import ModelSpec, build_model
+from components.tasks import Task, get_task
 
 CHECKPOINT_FILE = "checkpoint.pt"
-TARGET_METRIC = "val_accuracy"
 REPORTED_AT = "reported_at"
 # Per-epoch compute, summed over workers (history only; metrics.json holds the run's totals).
 CPU_SECONDS = "cpu_seconds"
@@ -76,8 +76,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     seed_everything(cfg.seed)  # the same initial weights on every rank
     precision = Precision.for_device(ray.train.torch.get_device(), cfg)
 
-    train_set = ImageDataset(data_dir, read_split(data_dir, "train"), spec)
-    val_set = ImageDataset(data_dir, read_split(data_dir, "val"), spec)
+    task = get_task(spec.task)
+    train_set = task.dataset(data_dir, read_split(data_dir, "train"), spec,
+                             augment=cfg.augment, seed=cfg.seed)  # fmt: skip
+    val_set = task.dataset(data_dir, read_split(data_dir, "val"), spec)
     sampler: DistributedSampler[Any] = DistributedSampler(
         train_set, num_replicas=world, rank=rank, seed=cfg.seed
     )
@@ -98,22 +100,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
+        getattr(train_set, "set_epoch", lambda _: None)(epoch)  # the augmentation's draw
         cpu_start, wall_start = time.process_time(), time.perf_counter()
-        train_loss, train_accuracy = run_epoch(
-            model, train_loader, precision, optimizer
-        )
+        fitted = run_task_epoch(model, train_loader, precision, task, spec,
+                                optimizer, loss=cfg.loss)  # fmt: skip
         scheduler.step()
-        val_loss, val_accuracy = run_epoch(model, val_loader, precision)
+        validated = run_task_epoch(model, val_loader, precision, task, spec)
         cpu_seconds, gpu_seconds = _epoch_compute(
             cpu_start, wall_start, precision.device
         )
         metrics = {
             "epoch": float(epoch),
             "lr": float(scheduler.get_last_lr()[0]),
-            "train_loss": train_loss,
-            "train_accuracy": train_accuracy,
-            "val_loss": val_loss,
-            TARGET_METRIC: val_accuracy,
+            **{f"train_{key}": value for key, value in fitted.items()},
+            **{f"val_{key}": value for key, value in validated.items()},
             CPU_SECONDS: cpu_seconds,
             GPU_SECONDS: gpu_seconds,
         }
@@ -131,32 +131,71 @@ def train_step(
     targets: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     precision: Precision,
-) -> tuple[float, int]:
-    """One optimiser step; returns (summed loss, correct predictions) over the batch."""
+    task: Task,
+    spec: ModelSpec,
+    loss: str = "ce",
+) -> tuple[float, torch.Tensor]:
+    """One optimiser step; returns (summed loss, the task's counts) over the batch."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     with precision.autocast():
         logits = model(images)
-        loss = nn.functional.cross_entropy(logits, targets)
+        value = task.loss(logits.float(), targets, spec, loss)
     if precision.scaler is not None:
-        precision.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        precision.scaler.scale(value).backward()  # type: ignore[no-untyped-call]
         precision.scaler.step(optimizer)
         precision.scaler.update()
     else:
-        loss.backward()  # type: ignore[no-untyped-call]
+        value.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
-    return loss.item() * len(targets), int((logits.argmax(1) == targets).sum())
+    return value.item() * len(targets), task.counts(logits.detach(), targets, spec)
 
 
 @torch.no_grad()
 def eval_step(
-    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, precision: Precision
-) -> tuple[float, int]:
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    precision: Precision,
+    task: Task,
+    spec: ModelSpec,
+) -> tuple[float, torch.Tensor]:
     model.eval()
     with precision.autocast():
         logits = model(images)
-    loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-    return loss.item(), int((logits.argmax(1) == targets).sum())
+    value = task.loss(logits.float(), targets, spec, "ce")
+    return value.item() * len(targets), task.counts(logits, targets, spec)
+
+
+def run_task_epoch(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    precision: Precision,
+    task: Task,
+    spec: ModelSpec,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss: str = "ce",
+) -> dict[str, float]:
+    """The epoch's mean loss and the task's metrics, over all workers' batches (a train
+    epoch when `optimizer` is given, else an evaluation)."""
+    items = torch.zeros(2, dtype=torch.float64)  # loss sum, items
+    counts: torch.Tensor | None = None
+    for images, targets in loader:
+        images = precision.to_device(images)
+        targets = targets.to(precision.device, non_blocking=True)
+        if optimizer is None:
+            loss_sum, batch = eval_step(model, images, targets, precision, task, spec)
+        else:
+            loss_sum, batch = train_step(model, images, targets, optimizer, precision,
+                                         task, spec, loss)  # fmt: skip
+        items += torch.tensor([loss_sum, len(targets)], dtype=torch.float64)
+        counts = batch if counts is None else counts + batch
+    totals = _sum_across_workers(
+        torch.cat([items, counts if counts is not None else task.zero_counts(spec)]),
+        precision.device,
+    )
+    return {"loss": totals[0].item() / max(totals[1].item(), 1.0),
+            **task.running_metrics(totals[2:])}  # fmt: skip
 
 
 def run_epoch(
@@ -164,20 +203,13 @@ def run_epoch(
     loader: DataLoader[Any],
     precision: Precision,
     optimizer: torch.optim.Optimizer | None = None,
+    spec: ModelSpec | None = None,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy over the loader, summed across all workers."""
-    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-    for images, targets in loader:
-        images = precision.to_device(images)
-        targets = targets.to(precision.device, non_blocking=True)
-        if optimizer is None:
-            loss_sum, correct = eval_step(model, images, targets, precision)
-        else:
-            loss_sum, correct = train_step(model, images, targets, optimizer, precision)
-        totals += torch.tensor([loss_sum, correct, len(targets)], dtype=torch.float64)
-    totals = _sum_across_workers(totals, precision.device)
-    count = max(totals[2].item(), 1.0)
-    return totals[0].item() / count, totals[1].item() / count
+    """(mean loss, the headline metric) of an epoch; classification unless `spec` says."""
+    task = get_task(spec.task if spec else "classification")
+    result = run_task_epoch(model, loader, precision, task, cast(ModelSpec, spec),
+                            optimizer)  # fmt: skip
+    return result["loss"], result[task.metric]
 
 
 def seed_everything(seed: int) -> None:

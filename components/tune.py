@@ -20,6 +20,7 @@ from components.config import TrainConfig, TuneConfig
 from components.ingest import DATASET_JSON
 from components.io import read_json
 from components.ray_runtime import discard_local_run, ensure_ray, storage_path_for
+from components.tasks import dataset_task
 from components.tracking import (
     PARENT_TAG,
     EpochLogger,
@@ -36,7 +37,7 @@ from components.train import (
     train,
     write_candidate,
 )
-from components.train_loop import CHECKPOINT_FILE, TARGET_METRIC
+from components.train_loop import CHECKPOINT_FILE
 
 CHECKPOINT_PATH = "checkpoint_path"  # the key TuneReportCallback adds to each report
 SEARCHED = ("lr", "weight_decay", "dropout", "width", "batch_size")
@@ -62,19 +63,21 @@ def tune(
         params_path, read_json(data_dir / DATASET_JSON)["content_hash"]
     )
     search_params = {f"tune.{k}": v for k, v in tune_cfg.model_dump().items()}
+    target = dataset_task(data_dir).target_metric  # val_accuracy, val_miou
     with mlflow_run(
         train_cfg.experiment, "search", lineage.tags(), search_params
     ) as parent:
         context = {"train": train_cfg.model_dump(), "data_dir": str(data_dir),
-                   "uri": tracking_uri(), "parent": parent, "tags": lineage.tags()}  # fmt: skip
+                   "uri": tracking_uri(), "parent": parent, "tags": lineage.tags(),
+                   "target": target}  # fmt: skip
         grid = _tuner(tune_cfg, train_cfg, context).fit()
-        best = grid.get_best_result(metric=TARGET_METRIC, mode="max", scope="all")
+        best = grid.get_best_result(metric=target, mode="max", scope="all")
         best_cfg = trial_config(train_cfg.model_dump(), best.config)
         trial_run = _close_trial_runs(
-            parent, grid, best.metrics["trial_id"], train_cfg.epochs
+            parent, grid, best.metrics["trial_id"], train_cfg.epochs, target
         )
         state, resumes = _best_checkpoint(
-            best.metrics_dataframe, storage_path_for(train_cfg.storage_path)
+            best.metrics_dataframe, storage_path_for(train_cfg.storage_path), target
         )
         lineage_record = {**asdict(lineage), "mlflow_run_id": trial_run,
                           "mlflow_parent_run_id": parent, "best_config": best.config}  # fmt: skip
@@ -116,7 +119,7 @@ def _tuner(
         ray_tune.with_parameters(_run_trial, context=context),
         param_space=search_space(tune_cfg),
         tune_config=ray_tune.TuneConfig(
-            metric=TARGET_METRIC,
+            metric=context["target"],
             mode="max",
             num_samples=tune_cfg.num_samples,
             max_concurrent_trials=tune_cfg.max_concurrent,
@@ -150,7 +153,7 @@ def _run_trial(sampled: dict[str, Any], context: dict[str, Any]) -> None:
 
 
 def _best_checkpoint(
-    reports: pd.DataFrame, storage: str
+    reports: pd.DataFrame, storage: str, target: str
 ) -> tuple[dict[str, Any], list[int]]:
     """The best trial's best epoch among the checkpoints still stored (num_to_keep prunes the
     rest, and among tied scores it may keep a later one), with every epoch's history.
@@ -166,7 +169,7 @@ def _best_checkpoint(
         return bool(info.type != pyarrow.fs.FileType.NotFound)
 
     kept = reports[reports[CHECKPOINT_PATH].map(stored)]
-    best_row = kept.loc[kept[TARGET_METRIC].idxmax()]
+    best_row = kept.loc[kept[target].idxmax()]
     checkpoint = ray.train.Checkpoint(best_row[CHECKPOINT_PATH], filesystem=filesystem)
     with checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu",
@@ -176,7 +179,9 @@ def _best_checkpoint(
     return {**state, "full_history": full_history}, list(state["resumes"])
 
 
-def _close_trial_runs(parent: str, grid: Any, best_trial: str, epochs: int) -> str:
+def _close_trial_runs(
+    parent: str, grid: Any, best_trial: str, epochs: int, target: str
+) -> str:
     """Give each trial's run its real end, from Tune's results, and return the best's id.
 
     A trial the scheduler stopped ends inside its own code, so its run looks failed or
@@ -192,7 +197,7 @@ def _close_trial_runs(parent: str, grid: Any, best_trial: str, epochs: int) -> s
         trial = run.data.tags.get("trial_id", "")
         if any(trial in name for name in errored):
             continue
-        reported = len(client.get_metric_history(run.info.run_id, TARGET_METRIC))
+        reported = len(client.get_metric_history(run.info.run_id, target))
         if reported < epochs:
             client.set_tag(run.info.run_id, "stopped_early", "true")
             client.set_terminated(run.info.run_id, "KILLED")

@@ -13,10 +13,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from components.config import ValidateConfig
-from components.gx_suites import class_expectations, manifest_expectations, run_suites
+from components.gx_suites import manifest_expectations, run_suites
 from components.images import ImageReadError, ImageTooLargeError, decode, read_header
-from components.ingest import MANIFEST, SPLITS
+from components.ingest import MANIFEST
 from components.io import atomic_dir, sha256_file, write_json
+from components.tasks import dataset_task
 
 
 class DataValidationError(RuntimeError):
@@ -43,13 +44,10 @@ def validate(
     """
     manifest = _read_manifest(data_dir)
     files = _check_files(manifest, data_dir, cfg)
-    classes = _class_table(manifest)
+    labels = dataset_task(data_dir).label_suites(manifest, data_dir, cfg)
     with atomic_dir(report_dir) as staging:
         outcome = run_suites(
-            {
-                "manifest": (files, manifest_expectations(cfg), "path"),
-                "classes": (classes, class_expectations(cfg), "label"),
-            },
+            {"manifest": (files, manifest_expectations(cfg), "path"), **labels},
             docs_dir=staging / "data_docs",
         )
         write_json(staging / "results.json", outcome.results)
@@ -137,13 +135,3 @@ def _check_file(
         except ImageReadError:
             facts["decodes"] = False
     return facts
-
-
-def _class_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    counts = manifest.groupby(["label", "split"]).size().unstack(fill_value=0)
-    counts = counts.reindex(columns=list(SPLITS), fill_value=0)
-    table = counts.assign(images=counts.sum(axis=1)).reset_index()
-    largest = table["images"].max() if len(table) else 0
-    table["imbalance"] = largest / table["images"].clip(lower=1)
-    table["label"] = table["label"].astype(str)
-    return table

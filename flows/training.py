@@ -23,6 +23,7 @@ from components.config import (
     TuneConfig,
     ValidateConfig,
     load_params,
+    load_task_name,
 )
 from components.evaluate import evaluate
 from components.ingest import ingest
@@ -48,7 +49,8 @@ def training(
     outcome, not a failure; a registry error fails the run (nothing promoted)."""
     data_dir = root / "data/dataset"
     dataset = ingest_task(
-        load_params("ingest", IngestConfig, params_path), out_dir=data_dir
+        load_params("ingest", IngestConfig, params_path), out_dir=data_dir,
+        task=load_task_name(params_path),
     )
     report = validate_task(
         load_params("validate", ValidateConfig, params_path),

@@ -19,7 +19,9 @@ from components.config import (
     TuneConfig,
     ValidateConfig,
     load_params,
+    load_task_name,
 )
+from components.tasks import TASKS
 from tests.conftest import TINY_PARAMS, tiny_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,12 +39,24 @@ SECTIONS = {
 }
 
 
-@pytest.mark.parametrize("params_path", [ROOT / "params.yaml", TINY_PARAMS])
+@pytest.mark.parametrize(
+    "params_path",
+    [ROOT / "params.yaml", ROOT / "params.segmentation.yaml", TINY_PARAMS,
+     TINY_PARAMS.with_name("params.segmentation.tiny.yaml")],
+)
 def test_every_section_loads_and_no_section_is_unknown(params_path: Path) -> None:
     raw = yaml.safe_load(params_path.read_text())
-    assert set(raw) == set(SECTIONS)
+    assert set(raw) - {"task"} == set(SECTIONS)
+    assert load_task_name(params_path) in TASKS
     for section, config_type in SECTIONS.items():
         assert isinstance(load_params(section, config_type, params_path), config_type)
+
+
+def test_unknown_task_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("task: detection\n")
+    with pytest.raises(ParamsError, match=r"task: 'detection' is not one of"):
+        load_task_name(path)
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:

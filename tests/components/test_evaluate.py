@@ -11,7 +11,7 @@ import pytest
 
 from components.config import EvaluateConfig, load_params
 from components.evaluate import evaluate
-from components.quality import calibration, slice_accuracy, slice_labels
+from components.quality import calibration, slice_labels, slice_scores
 from tests.conftest import TINY_PARAMS
 
 
@@ -37,11 +37,11 @@ def test_slices_cut_each_feature_at_the_quantiles() -> None:
     rows = pd.DataFrame({"pixel_mean": np.linspace(0, 1, 8), "pixel_std": [0.1] * 8})
     slices = slice_labels(rows, ["brightness"], [0.25, 0.75])
     assert list(slices["slice_brightness"]) == ["low"] * 2 + ["mid"] * 4 + ["high"] * 2
-    frame = pd.concat([slices, pd.Series([True] * 6 + [False] * 2, name="correct")],
+    frame = pd.concat([slices, pd.Series([1.0] * 6 + [0.0] * 2, name="quality")],
                       axis=1)  # fmt: skip
-    result = slice_accuracy(frame)
-    assert result["brightness:high"] == {"accuracy": 0.0, "count": 2}
-    assert result["brightness:low"]["accuracy"] == 1.0
+    result = slice_scores(frame)
+    assert result["brightness:high"] == {"score": 0.0, "count": 2}
+    assert result["brightness:low"]["score"] == 1.0
 
 
 @pytest.mark.slow
@@ -74,7 +74,7 @@ def test_evaluate_scores_the_shipped_onnx_and_the_fp32_candidate(
     for key in ("brightness:low", "brightness:high"):
         assert (
             metrics[f"slice_{key.replace(':', '_')}_accuracy"]
-            == slices[key]["accuracy"]
+            == slices[key]["score"]
         )
     assert (folder / "reliability.png").stat().st_size > 1000
     calibration_table = json.loads((folder / "calibration.json").read_text())
