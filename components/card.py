@@ -1,6 +1,7 @@
 """card: the model card (reports/model_card.md and .html), generated from lineage and reports.
 
-The wording lives in templates/model_card.md.j2; every figure comes from a file an earlier
+The wording lives in templates/model_card.md.j2, with each task's own sections in
+templates/model_card_<task>.md.j2; every figure comes from a file an earlier
 stage wrote, so the card cannot drift from what was measured. A file that is missing or lacks
 a field stops the stage with the file and field named (jinja2's StrictUndefined): a card with
 blanks is worse than none. The HTML is self-contained (pictures inlined), so it can travel
@@ -24,6 +25,7 @@ from components.drift_features import REFERENCE_JSON
 from components.ingest import DATASET_JSON
 from components.io import read_json
 from components.model import load_model
+from components.tasks import get_task
 from components.tracking import log_results, training_run
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md.j2"
@@ -57,19 +59,24 @@ def card(cfg: CardConfig, inputs: CardInputs, out_path: Path) -> CardResult:
     """Render the card to `out_path` (Markdown) and beside it as .html; attach both to the
     training run in MLflow when the model has one."""
     context = _context(cfg, inputs)
+    task = get_task(context["spec"].task)
     pictures = {
         "reliability": inputs.evaluation_dir / "reliability.png",
         "confusion": inputs.evaluation_dir / "confusion_matrix.png",
         "compression": inputs.compression_report.with_suffix(".png"),
+        **{name.removesuffix(".png"): inputs.evaluation_dir / name
+           for name in task.report_pictures},
     }
     for name, path in pictures.items():
         if not path.is_file():
             raise CardError(f"{path}: the {name} picture is missing")
     base = out_path.parent.resolve()
+    template = f"model_card_{task.name}.md.j2"
     text = _render(
-        context, {k: os.path.relpath(p.resolve(), base) for k, p in pictures.items()}
+        template, context,
+        {k: os.path.relpath(p.resolve(), base) for k, p in pictures.items()},
     )
-    inlined = _render(context, {k: _data_uri(p) for k, p in pictures.items()})
+    inlined = _render(template, context, {k: _data_uri(p) for k, p in pictures.items()})
     html_path = out_path.with_suffix(".html")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
@@ -119,10 +126,13 @@ def _context(cfg: CardConfig, inputs: CardInputs) -> dict[str, Any]:
             "is not in its table"
         )
     reference = _read(inputs.reference_dir / REFERENCE_JSON)
+    task = get_task(spec.task)
     return {
         "card": cfg,
         "params": read_params(inputs.params_path),
         "spec": spec,
+        "target_metric": task.target_metric,
+        "item_metric": task.metric,
         "parameters": sum(p.numel() for p in model.parameters()),
         "lineage": _read(inputs.model_dir / "lineage.json"),
         "train_metrics": train_metrics,
@@ -148,7 +158,7 @@ def _read(path: Path) -> Any:
     return read_json(path)
 
 
-def _render(context: dict[str, Any], pictures: dict[str, str]) -> str:
+def _render(template: str, context: dict[str, Any], pictures: dict[str, str]) -> str:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE.parent),
         undefined=jinja2.StrictUndefined,
@@ -156,11 +166,9 @@ def _render(context: dict[str, Any], pictures: dict[str, str]) -> str:
         autoescape=False,  # Markdown out; the HTML is made by the Markdown library
     )
     try:
-        return environment.get_template(TEMPLATE.name).render(
-            **context, pictures=pictures
-        )
+        return environment.get_template(template).render(**context, pictures=pictures)
     except jinja2.UndefinedError as error:
-        raise CardError(f"{TEMPLATE.name}: an input lacks a field ({error})") from None
+        raise CardError(f"{template}: an input lacks a field ({error})") from None
 
 
 def _data_uri(path: Path) -> str:

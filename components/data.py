@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from components.spec import ModelSpec
 
 __all__ = [
     "ImageDataset",
+    "LabelledImages",
     "MaskDataset",
     "input_contract",
     "read_split",
@@ -51,11 +53,16 @@ def input_contract(train_rows: pd.DataFrame) -> tuple[int, float, float]:
     return in_channels, mean, max(std, 1e-3)
 
 
-class _Augmented:
-    """Seeded augmentation: item i in epoch e always gets the same draw, on any worker."""
+class LabelledImages(Dataset[tuple[torch.Tensor, Any]]):
+    """A split's (normalised image, target) pairs, with seeded augmentation: item i in
+    epoch e always gets the same draw, on any worker."""
 
     def __init__(self, augment: Sequence[str], seed: int) -> None:
         self.augment, self.seed, self.epoch = tuple(augment), seed, 0
+        self.paths: list[Path] = []
+
+    def __len__(self) -> int:
+        return len(self.paths)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -64,7 +71,7 @@ class _Augmented:
         return np.random.default_rng([self.seed, self.epoch, index])
 
 
-class ImageDataset(_Augmented, Dataset[tuple[torch.Tensor, int]]):
+class ImageDataset(LabelledImages):
     """Images of one split as normalised (C, H, W) float tensors and class indices."""
 
     def __init__(self, data_dir: Path, rows: pd.DataFrame, spec: ModelSpec,
@@ -78,9 +85,6 @@ class ImageDataset(_Augmented, Dataset[tuple[torch.Tensor, int]]):
         self.targets = [index_of[label] for label in rows["label"]]
         self.spec = spec
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = to_tensor(self.paths[index], self.spec)
         if self.augment:
@@ -88,7 +92,7 @@ class ImageDataset(_Augmented, Dataset[tuple[torch.Tensor, int]]):
         return image, self.targets[index]
 
 
-class MaskDataset(_Augmented, Dataset[tuple[torch.Tensor, torch.Tensor]]):
+class MaskDataset(LabelledImages):
     """Images and their masks (segmentation): a normalised (C, H, W) float tensor and an
     (H, W) int64 tensor of class ids (spec.ignore_index where unlabelled), both at the
     model's resolution, augmented together."""
@@ -99,9 +103,6 @@ class MaskDataset(_Augmented, Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.paths = [data_dir / p for p in rows["path"]]
         self.masks = [data_dir / p for p in rows["mask_path"]]
         self.spec = spec
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = to_tensor(self.paths[index], self.spec)

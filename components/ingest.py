@@ -16,7 +16,8 @@ from components.config import IngestConfig
 from components.images import ImageReadError, decode, pixel_stats, read_header
 from components.io import atomic_dir, sha256_file, write_json
 from components.sources import source_fingerprint
-from components.tasks import DATASET_JSON, get_task
+from components.tasks import DATASET_JSON as DATASET_JSON
+from components.tasks import get_task
 
 IMAGES = "images"
 MANIFEST = "manifest.parquet"

@@ -36,6 +36,11 @@ def build_model(spec: ModelSpec) -> nn.Module:
         return SmallCNN(spec)
     if spec.arch == "resnet":
         return SmallResNet(spec)
+    if spec.arch in ("unet", "deeplabv3plus"):
+        # Imported here: segmentation_nets builds on BasicBlock from this module.
+        from components.segmentation_nets import DeepLabV3Plus, UNet
+
+        return UNet(spec) if spec.arch == "unet" else DeepLabV3Plus(spec)
     raise ValueError(f"spec.arch: unknown architecture '{spec.arch}'")
 
 
@@ -73,15 +78,29 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut, as in ResNet."""
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut, as in ResNet.
 
-    def __init__(self, width_in: int, width: int, stride: int) -> None:
+    `dilation` > 1 spreads the 3x3 taps (padding follows, so the size is kept): DeepLab's
+    encoder trades its last strides for dilation to keep a finer feature map.
+    """
+
+    def __init__(
+        self, width_in: int, width: int, stride: int, dilation: int = 1
+    ) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(width_in, width, 3, stride=stride, padding=1, bias=False),
+            nn.Conv2d(
+                width_in,
+                width,
+                3,
+                stride,
+                padding=dilation,
+                dilation=dilation,
+                bias=False,
+            ),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation, bias=False),
             nn.BatchNorm2d(width),
         )
         self.shortcut: nn.Module = nn.Identity()

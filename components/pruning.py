@@ -58,18 +58,46 @@ def keep_masked(
 def prune_channels(model: nn.Module, ratio: float, example: torch.Tensor) -> nn.Module:
     """Remove `ratio` of every prunable layer's output channels by L1 norm (in place).
 
-    The classifier's output layer is left whole (its width is the class count).
+    The output layer is left whole (its width is the class count): a classifier's last
+    linear layer, a segmentation net's 1x1 classifier convolution.
     """
-    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     pruner = tp.pruner.MetaPruner(
         model,
         example,
         importance=tp.importance.MagnitudeImportance(p=1),
         pruning_ratio=ratio,
-        ignored_layers=[classifier],
+        ignored_layers=[output_layer(model, example)],
     )
     pruner.step()
     return model
+
+
+def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The conv or linear layer that produces `model`'s output: the last one to run on
+    `example` (only parameter-free ops, pooling or a resize, may follow it). Found by
+    running it rather than by module order, which is only the order of registration."""
+    ran: list[nn.Module] = []
+    hooks = [
+        module.register_forward_hook(lambda module, *_: ran.append(module))
+        for module in model.modules()
+        if isinstance(module, _WEIGHTED)
+    ]
+    training = model.training
+    try:
+        with torch.no_grad():  # in eval mode, so BatchNorm statistics stay as they are
+            output = model.eval()(example)
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    layer = ran[-1]
+    width = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+    if width != output.shape[1]:
+        raise ValueError(
+            f"{type(model).__name__}: the last layer to run ({layer}) is {width} wide, "
+            f"the output {output.shape[1]}: it is not the output layer"
+        )
+    return layer
 
 
 def sparsity(model: nn.Module) -> float:

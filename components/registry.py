@@ -32,7 +32,7 @@ from mlflow.exceptions import MlflowException
 from components.config import PromoteConfig
 from components.io import read_json, sha256_file, write_json
 from components.ledger import actor, append_ledger
-from components.promotion import Decision, Evidence, decide
+from components.promotion import Decision, Evidence, Metric, decide
 from components.registry_aliases import (
     CHALLENGER,
     CHAMPION,
@@ -137,17 +137,48 @@ def rollback(cfg: PromoteConfig, *, to_version: str | None = None) -> PromotionR
 
 
 def read_evidence(evaluation_dir: Path) -> Evidence:
-    """Evidence from evaluate's files (metrics.json, slices.json, predictions.parquet)."""
+    """Evidence from evaluate's files (metrics.json, slices.json, predictions.parquet), as
+    evaluate writes them now and as it did before segmentation (a champion registered then):
+    no "task" (classification), slices' "accuracy" for "score", predictions' bool "correct"
+    for the float "quality"."""
     metrics = read_json(evaluation_dir / "metrics.json")
     slices = read_json(evaluation_dir / "slices.json")
     predictions = pd.read_parquet(evaluation_dir / "predictions.parquet")
+    task = metrics.get("task", "classification")
+    if task not in _TASK_METRICS:
+        raise ValueError(f"{evaluation_dir / 'metrics.json'}: unknown task {task!r}")
+    metric, headline = _TASK_METRICS[task]
+    quality = predictions["quality" if "quality" in predictions else "correct"]
     return Evidence(
-        accuracy=float(metrics["test_accuracy"]),
-        slices={k: (float(v["accuracy"]), int(v["count"])) for k, v in slices.items()},
-        correct=dict(
-            zip(predictions["sha256"], predictions["correct"].astype(bool), strict=True)
+        score=float(metrics[headline]),
+        slices={
+            name: (
+                float(entry["score" if "score" in entry else "accuracy"]),
+                int(entry["count"]),
+            )
+            for name, entry in slices.items()
+        },
+        items=dict(
+            zip(
+                predictions["sha256"].astype(str).tolist(),
+                quality.astype(float).tolist(),
+                strict=True,
+            )
         ),
+        metric=metric,
+        per_class={
+            key.removeprefix("iou_"): float(value)
+            for key, value in metrics.items()
+            if metric == "miou" and key.startswith("iou_")
+        },
     )
+
+
+# evaluate's metrics.json "task" -> (the metric the gate judges, its headline key)
+_TASK_METRICS: dict[str, tuple[Metric, str]] = {
+    "classification": ("accuracy", "test_accuracy"),
+    "segmentation": ("miou", "test_miou"),
+}
 
 
 @contextmanager

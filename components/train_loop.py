@@ -100,7 +100,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
-        getattr(train_set, "set_epoch", lambda _: None)(epoch)  # the augmentation's draw
+        train_set.set_epoch(epoch)  # the augmentation's draw
         cpu_start, wall_start = time.process_time(), time.perf_counter()
         fitted = run_task_epoch(model, train_loader, precision, task, spec,
                                 optimizer, loss=cfg.loss)  # fmt: skip

@@ -36,6 +36,7 @@ from components.serve.inputs import (
     Upload,
     read_uploads,
     to_batch,
+    upload_size,
 )
 from components.serve.metrics import (
     ServeMetrics,
@@ -51,6 +52,7 @@ from components.serve.models import (
     Routing,
     request_key,
 )
+from components.tasks import get_task
 
 SETTINGS_ENV = "COMPONENTS_SERVE_SETTINGS"  # how the CLI hands settings to each worker
 NO_MODEL = "none"  # the model_version label while nothing is served
@@ -194,23 +196,24 @@ def _predict(uploads: list[Upload], routing: Routing, settings: ServeSettings,
     digests = [hashlib.sha256(upload.data).hexdigest() for upload in uploads]
     model = routing.route(request_key(digests))
     probabilities = model.probabilities(to_batch(uploads, model.spec, settings.limits))
+    answers = get_task(model.spec.task).answer(
+        probabilities, model.spec, [upload_size(upload) for upload in uploads]
+    )
     request_id, now = uuid.uuid4().hex, datetime.now(UTC).isoformat()
-    classes = model.spec.classes
     predictions = []
-    for upload, digest, row in zip(uploads, digests, probabilities, strict=True):
-        top = int(row.argmax())
-        label, confidence = classes[top], float(row[top])
-        scores = {name: float(p) for name, p in zip(classes, row, strict=True)}
-        predictions.append({"file": upload.name, "label": label, "probabilities": scores,
-                            "request_id": request_id})  # fmt: skip
-        metrics.predictions.labels(model.version, model.alias, label).inc()
-        metrics.confidence.labels(model.version, model.alias).observe(confidence)
+    for upload, digest, answer in zip(uploads, digests, answers, strict=True):
+        predictions.append(
+            {"file": upload.name, **answer.body, "request_id": request_id}
+        )
+        metrics.predictions.labels(model.version, model.alias, answer.label).inc()
+        metrics.confidence.labels(model.version, model.alias).observe(answer.confidence)
         if writer and random.random() < settings.serve.log_sample_rate:
             writer.add(LoggedPrediction(
                 time=now, request_id=request_id, sha256=digest,
                 image=image_key(digest, _extension(upload.data)), model_name=model.name,
-                model_version=model.version, alias=model.alias, label=label,
-                confidence=confidence, probabilities=scores), upload.data)  # fmt: skip
+                model_version=model.version, alias=model.alias, label=answer.label,
+                confidence=answer.confidence, probabilities=answer.scores),
+                upload.data)  # fmt: skip
     metrics.batch_size.labels(model.version).observe(len(uploads))
     body = {"model": _model_summary(model), "request_id": request_id,
             "predictions": predictions}  # fmt: skip

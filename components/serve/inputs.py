@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
@@ -89,6 +91,13 @@ def to_batch(uploads: list[Upload], spec: ModelSpec, limits: ImageLimits) -> np.
     except ImageReadError as error:
         raise BadInput(422, "not_an_image", str(error)) from None
     return normalise(np.stack(pixels), spec)
+
+
+def upload_size(upload: Upload) -> tuple[int, int]:
+    """The upload's width and height, from its header (to_batch has already decoded it)."""
+    with Image.open(io.BytesIO(upload.data)) as image:
+        width, height = image.size
+    return int(width), int(height)
 
 
 async def _body(request: Request, limit: int) -> bytes:

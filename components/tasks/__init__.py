@@ -38,9 +38,9 @@ from components.onnx_model import EmbeddingLayer
 
 if TYPE_CHECKING:
     import torch
-    from torch.utils.data import Dataset
 
     from components.config import EvaluateConfig, ValidateConfig
+    from components.data import LabelledImages
     from components.spec import ModelSpec
 
 TaskName = Literal["classification", "segmentation"]
@@ -81,6 +81,17 @@ class Report:
     files: dict[str, Callable[[Path], None]]
 
 
+@dataclass(frozen=True)
+class Answer:
+    """The service's answer for one image: `body` is what the client gets; the label,
+    confidence and scores feed the service's metrics and the prediction log."""
+
+    label: str  # the predicted class (segmentation: the largest object predicted)
+    confidence: float
+    scores: dict[str, float]  # class probabilities, or each class's share of the mask
+    body: dict[str, Any]
+
+
 class Task(ABC):
     """The per-task half of every stage. Implementations hold no state."""
 
@@ -88,6 +99,8 @@ class Task(ABC):
     metric: ClassVar[Literal["accuracy", "miou"]]  # the headline test metric
     architectures: ClassVar[tuple[str, ...]]
     builtin_source: ClassVar[str]  # ingest.source's built-in dataset for this task
+    # The task's own pictures in evaluate's report folder (the model card shows them)
+    report_pictures: ClassVar[tuple[str, ...]] = ()
     # Where the drift monitor reads the model's embedding in its ONNX graph
     embedding_layer: ClassVar[EmbeddingLayer]
 
@@ -132,7 +145,7 @@ class Task(ABC):
         spec: ModelSpec,
         augment: Sequence[str] = (),
         seed: int = 0,
-    ) -> Dataset[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> LabelledImages:
         """(normalised image, target) pairs of `rows`; `augment` for the train split."""
 
     def check_arch(self, arch: str) -> None:
@@ -226,7 +239,7 @@ class Task(ABC):
         probabilities: np.ndarray,
         spec: ModelSpec,
         sizes: Sequence[tuple[int, int]],
-    ) -> list[dict[str, Any]]:
+    ) -> list[Answer]:
         """The service's answer per image (`sizes`: each upload's width and height)."""
 
 

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 
 from components.onnx_model import CLASSIFIER_HEAD, EmbeddingLayer
-from components.tasks import Outputs, Report, Suite, Task, TaskName
+from components.tasks import Answer, Outputs, Report, Suite, Task, TaskName
 
 if TYPE_CHECKING:
     import torch
-    from torch.utils.data import Dataset
 
     from components.config import EvaluateConfig, ValidateConfig
+    from components.data import LabelledImages
     from components.spec import ModelSpec
 
 
@@ -78,10 +78,10 @@ class Classification(Task):
         spec: ModelSpec,
         augment: Sequence[str] = (),
         seed: int = 0,
-    ) -> Dataset[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> LabelledImages:
         from components.data import ImageDataset
 
-        return ImageDataset(data_dir, rows, spec, augment=augment, seed=seed)  # type: ignore[return-value]
+        return ImageDataset(data_dir, rows, spec, augment=augment, seed=seed)
 
     def loss(
         self, logits: torch.Tensor, targets: torch.Tensor, spec: ModelSpec, kind: str
@@ -133,7 +133,8 @@ class Classification(Task):
     def item_quality(
         self, predicted: np.ndarray, targets: np.ndarray, spec: ModelSpec
     ) -> np.ndarray:
-        return (predicted == targets).astype(np.float64)
+        quality: np.ndarray = (predicted == targets).astype(np.float64)
+        return quality
 
     def report(
         self,
@@ -204,18 +205,15 @@ class Classification(Task):
         probabilities: np.ndarray,
         spec: ModelSpec,
         sizes: Sequence[tuple[int, int]],
-    ) -> list[dict[str, Any]]:
-        best = probabilities.argmax(axis=1)
-        return [
-            {
-                "label": spec.classes[int(index)],
-                "confidence": float(row[index]),
-                "probabilities": {
-                    n: float(p) for n, p in zip(spec.classes, row, strict=True)
-                },
-            }
-            for row, index in zip(probabilities, best, strict=True)
-        ]
+    ) -> list[Answer]:
+        answers = []
+        for row in probabilities:
+            top = int(row.argmax())
+            scores = {n: float(p) for n, p in zip(spec.classes, row, strict=True)}
+            label = spec.classes[top]
+            body = {"label": label, "probabilities": scores}
+            answers.append(Answer(label, float(row[top]), scores, body))
+        return answers
 
 
 def _per_class(

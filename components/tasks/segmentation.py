@@ -28,13 +28,13 @@ from components.masks import (
     stray_values,
 )
 from components.onnx_model import DECODER_START, EmbeddingLayer
-from components.tasks import Outputs, Report, Suite, Task, TaskName
+from components.tasks import Answer, Outputs, Report, Suite, Task, TaskName
 
 if TYPE_CHECKING:
     import torch
-    from torch.utils.data import Dataset
 
     from components.config import EvaluateConfig, ValidateConfig
+    from components.data import LabelledImages
     from components.spec import ModelSpec
 
 IMAGES, MASKS, CLASSES_FILE = "images", "masks", "classes.yaml"
@@ -48,6 +48,7 @@ class Segmentation(Task):
     architectures: ClassVar[tuple[str, ...]] = ("unet", "deeplabv3plus")
     builtin_source: ClassVar[str] = "builtin:shapes"
     embedding_layer: ClassVar[EmbeddingLayer] = DECODER_START
+    report_pictures: ClassVar[tuple[str, ...]] = ("worst_images.png",)
 
     # ---- ingest ----------------------------------------------------------------------
     def copy_source(self, source: str, root: Path) -> None:
@@ -74,7 +75,10 @@ class Segmentation(Task):
         ]
         labels = [row.pop("label") for row in rows]
         frame = describe_images(root, images, max_pixels, labels)
-        return pd.concat([frame, pd.DataFrame(rows, index=frame.index)], axis=1)
+        masks = pd.DataFrame(rows, index=frame.index)
+        counts = ["mask_height", "mask_width", *[f"pixels_{n}" for n in classes.names.values()]]
+        masks[counts] = masks[counts].astype("Int64")  # nullable: a missing mask stays
+        return pd.concat([frame, masks], axis=1)
 
     def summary(self, root: Path, manifest: pd.DataFrame) -> dict[str, Any]:
         from components.io import sha256_file
@@ -160,7 +164,7 @@ class Segmentation(Task):
         spec: ModelSpec,
         augment: Sequence[str] = (),
         seed: int = 0,
-    ) -> Dataset[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> LabelledImages:
         from components.data import MaskDataset
 
         return MaskDataset(data_dir, rows, spec, augment=augment, seed=seed)
@@ -370,34 +374,40 @@ class Segmentation(Task):
         probabilities: np.ndarray,
         spec: ModelSpec,
         sizes: Sequence[tuple[int, int]],
-    ) -> list[dict[str, Any]]:
+    ) -> list[Answer]:
         """The mask as a PNG (one channel of class ids, base64) at the upload's own size,
-        and each class's share of it."""
+        each class's share of it, and its largest object."""
         import base64
         import io
 
         from PIL import Image
 
+        outputs = self.output_features(probabilities, spec)
         answers = []
-        for row, size in zip(probabilities, sizes, strict=True):
+        for index, (row, (width, height)) in enumerate(
+            zip(probabilities, sizes, strict=True)
+        ):
             mask = Image.fromarray(row.argmax(axis=0).astype(np.uint8), mode="L")
-            if mask.size != tuple(size):
-                mask = mask.resize(tuple(size), Image.Resampling.NEAREST)
+            if mask.size != (width, height):
+                mask = mask.resize((width, height), Image.Resampling.NEAREST)
             buffer = io.BytesIO()
             mask.save(buffer, format="PNG")
             counts = np.bincount(np.asarray(mask).ravel(), minlength=spec.num_classes)
-            answers.append(
-                {
-                    "mask_png_base64": base64.b64encode(buffer.getvalue()).decode(),
-                    "width": mask.size[0],
-                    "height": mask.size[1],
-                    "class_areas": {
-                        name: float(counts[i] / counts.sum())
-                        for i, name in enumerate(spec.classes)
-                    },
-                    "confidence": float(row.max(axis=0).mean()),
-                }
-            )
+            areas = {
+                name: float(counts[i] / counts.sum())
+                for i, name in enumerate(spec.classes)
+            }
+            label = spec.classes[int(outputs["predicted_class"][index])]
+            confidence = float(row.max(axis=0).mean())  # mean pixel confidence
+            body = {
+                "label": label,
+                "class_areas": areas,
+                "confidence": confidence,
+                "mask_png_base64": base64.b64encode(buffer.getvalue()).decode(),
+                "width": width,
+                "height": height,
+            }
+            answers.append(Answer(label, confidence, areas, body))
         return answers
 
 

@@ -8,11 +8,13 @@ import threading
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
 import components.registry as registry
 from components.config import PromoteConfig
-from components.registry import RegistryError, promote, rollback
+from components.promotion import compare
+from components.registry import RegistryError, promote, read_evidence, rollback
 from components.registry_aliases import ONNX_SHA256_TAG
 from tests.registered import log_candidate as _candidate
 
@@ -150,3 +152,53 @@ def test_two_racing_promotions_one_wins(
         gate.model_name, "champion"
     )
     assert champion.version == winner.candidate_version
+
+
+def test_read_evidence_reads_both_tasks_and_the_old_files(tmp_path: Path) -> None:
+    """evaluate's files now (a task, "score" slices, float "quality") and before
+    segmentation (a champion registered then: no task, "accuracy", bool "correct")."""
+    old, seg, cls = tmp_path / "old", tmp_path / "seg", tmp_path / "cls"
+    for folder in (old, seg, cls):
+        folder.mkdir()
+    (old / "metrics.json").write_text(json.dumps({"test_accuracy": 0.5}))
+    (old / "slices.json").write_text(
+        json.dumps({"brightness:low": {"accuracy": 0.5, "count": 2}})
+    )
+    pd.DataFrame({"sha256": ["a", "b"], "correct": [True, False]}).to_parquet(
+        old / "predictions.parquet"
+    )
+    (seg / "metrics.json").write_text(json.dumps({
+        "task": "segmentation", "test_miou": 0.75, "iou_background": 0.9,
+        "iou_square": 0.6, "test_pixel_accuracy": 0.95}))  # fmt: skip
+    (seg / "slices.json").write_text(json.dumps({"size:small": {"score": 0.7,
+                                                                "count": 2}}))  # fmt: skip
+    pd.DataFrame({"sha256": ["a", "b"], "quality": [0.8, 0.7]}).to_parquet(
+        seg / "predictions.parquet"
+    )
+    (cls / "metrics.json").write_text(
+        json.dumps({"task": "classification", "test_accuracy": 1.0})
+    )
+    (cls / "slices.json").write_text(json.dumps({"all": {"score": 1.0, "count": 2}}))
+    pd.DataFrame({"sha256": ["a", "b"], "quality": [1.0, 1.0]}).to_parquet(
+        cls / "predictions.parquet"
+    )
+
+    before = read_evidence(old)
+    assert (before.metric, before.score, before.per_class) == ("accuracy", 0.5, {})
+    assert before.slices == {"brightness:low": (0.5, 2)}
+    assert before.items == {"a": 1.0, "b": 0.0}
+    assert all(type(value) is float for value in before.items.values())
+    segmentation = read_evidence(seg)
+    assert (segmentation.metric, segmentation.score) == ("miou", 0.75)
+    assert segmentation.per_class == {"background": 0.9, "square": 0.6}
+    assert segmentation.slices == {"size:small": (0.7, 2)}
+    assert segmentation.items == {"a": 0.8, "b": 0.7}
+    classification = read_evidence(cls)
+    assert (classification.metric, classification.score) == ("accuracy", 1.0)
+    assert classification.items == {"a": 1.0, "b": 1.0}
+    # a classification candidate is compared with an old champion as before
+    assert compare(classification, before).test == "mcnemar"
+
+    (old / "metrics.json").write_text(json.dumps({"task": "detection"}))
+    with pytest.raises(ValueError, match="unknown task 'detection'"):
+        read_evidence(old)
