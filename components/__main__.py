@@ -101,9 +101,7 @@ def train(
     result = run(load_params("tune", TuneConfig, params),
                  load_params("train", TrainConfig, params),
                  data_dir=data_dir, out_dir=out_dir, params_path=params)  # fmt: skip
-    typer.echo(
-        f"{target} {result.metrics[target]:.4f}; MLflow run {result.run_id}"
-    )
+    typer.echo(f"{target} {result.metrics[target]:.4f}; MLflow run {result.run_id}")
 
 
 @app.command()

@@ -64,8 +64,10 @@ def card(cfg: CardConfig, inputs: CardInputs, out_path: Path) -> CardResult:
         "reliability": inputs.evaluation_dir / "reliability.png",
         "confusion": inputs.evaluation_dir / "confusion_matrix.png",
         "compression": inputs.compression_report.with_suffix(".png"),
-        **{name.removesuffix(".png"): inputs.evaluation_dir / name
-           for name in task.report_pictures},
+        **{
+            name.removesuffix(".png"): inputs.evaluation_dir / name
+            for name in task.report_pictures
+        },
     }
     for name, path in pictures.items():
         if not path.is_file():
@@ -73,7 +75,8 @@ def card(cfg: CardConfig, inputs: CardInputs, out_path: Path) -> CardResult:
     base = out_path.parent.resolve()
     template = f"model_card_{task.name}.md.j2"
     text = _render(
-        template, context,
+        template,
+        context,
         {k: os.path.relpath(p.resolve(), base) for k, p in pictures.items()},
     )
     inlined = _render(template, context, {k: _data_uri(p) for k, p in pictures.items()})

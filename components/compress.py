@@ -217,7 +217,9 @@ class _Builder:
             scratch,
         )
         self.task = get_task(spec.task)
-        self.train_set = self.task.dataset(data_dir, read_split(data_dir, "train"), spec)
+        self.train_set = self.task.dataset(
+            data_dir, read_split(data_dir, "train"), spec
+        )
         self.example = torch.stack([self.train_set[i][0] for i in range(2)])
         self._pruned: dict[str, Variant] = {}
 
@@ -289,7 +291,9 @@ class _Builder:
         loader = DataLoader(self.train_set, batch_size=self.cfg.batch_size,
                             shuffle=True, generator=generator)  # fmt: skip
         for epoch in range(epochs):
-            result = run_task_epoch(model, loader, _CPU, self.task, self.spec, optimizer)
+            result = run_task_epoch(
+                model, loader, _CPU, self.task, self.spec, optimizer
+            )
             log.info("  fine-tune epoch %d: %s", epoch,
                      ", ".join(f"{k} {v:.4f}" for k, v in result.items()))  # fmt: skip
 
@@ -326,7 +330,9 @@ def _measure_all(
         sessions, batch64, min(cfg.warmup, 5), max(5, cfg.runs // 10)
     )
     rows = [
-        _measure(v, sessions[v.name], test, latency_b1[v.name], latency_b64[v.name], task)
+        _measure(
+            v, sessions[v.name], test, latency_b1[v.name], latency_b64[v.name], task
+        )
         for v in variants
     ]
     fp32 = next(row for row in rows if row.variant == "fp32")

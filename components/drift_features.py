@@ -196,7 +196,9 @@ def _model_outputs(
         logits.append(scored)
     if not logits:
         raise ValueError("no images to score")
-    return np.concatenate(embeddings), Outputs.from_logits(np.concatenate(logits)).probabilities
+    return np.concatenate(embeddings), Outputs.from_logits(
+        np.concatenate(logits)
+    ).probabilities
 
 
 def _frame(
@@ -210,7 +212,9 @@ def _frame(
     columns = {f"embedding_{i}": projected[:, i] for i in range(projected.shape[1])}
     outputs = get_task(spec.task).output_features(probabilities, spec)
     predicted = outputs.pop(PREDICTED_CLASS)
-    frame = pd.concat([image_statistics(pixels), pd.DataFrame(columns | outputs)], axis=1)
+    frame = pd.concat(
+        [image_statistics(pixels), pd.DataFrame(columns | outputs)], axis=1
+    )
     frame[PREDICTED_CLASS] = pd.Categorical(
         [spec.classes[int(i)] for i in predicted], categories=spec.classes
     )

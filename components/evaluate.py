@@ -78,7 +78,9 @@ def evaluate(
 
     probabilities, predicted, labels = task.flatten(shipped, targets, spec)
     ece, bins = calibration(probabilities, labels, cfg.calibration_bins)
-    fp32_ece, _ = calibration(*_flat_scores(task, fp32, targets, spec), cfg.calibration_bins)
+    fp32_ece, _ = calibration(
+        *_flat_scores(task, fp32, targets, spec), cfg.calibration_bins
+    )
     report = task.report(shipped, fp32, targets, images, rows, spec, cfg, variant)
     predictions = _predictions(rows, report.per_item, cfg)
     slices = slice_scores(predictions)

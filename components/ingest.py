@@ -69,8 +69,12 @@ def ingest(
         manifest = handler.describe(staging, cfg.max_pixels)
         manifest["split"] = _assign_splits(manifest, cfg)
         extra = [c for c in manifest.columns if c not in MANIFEST_COLUMNS]
-        manifest[[*MANIFEST_COLUMNS, *extra]].to_parquet(staging / MANIFEST, index=False)
-        summary = _summarise(manifest, cfg.source, task, handler.summary(staging, manifest))
+        manifest[[*MANIFEST_COLUMNS, *extra]].to_parquet(
+            staging / MANIFEST, index=False
+        )
+        summary = _summarise(
+            manifest, cfg.source, task, handler.summary(staging, manifest)
+        )
         write_json(staging / DATASET_JSON, summary)
     write_json(marker, {**fingerprint, "content_hash": summary["content_hash"]})
     return _result(out_dir, summary)

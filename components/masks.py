@@ -50,8 +50,10 @@ def read_classes(path: Path) -> SegmentationClasses:
         raise MaskError(f"{path}: at least two classes (background and one more)")
     if sorted(names) != list(range(len(names))):
         # The model's output channel k is class id k.
-        raise MaskError(f"{path}: class ids must be 0..{len(names) - 1} without gaps "
-                        f"(got {sorted(names)})")
+        raise MaskError(
+            f"{path}: class ids must be 0..{len(names) - 1} without gaps "
+            f"(got {sorted(names)})"
+        )
     return SegmentationClasses(dict(sorted(names.items())), ignore)
 
 

@@ -122,7 +122,9 @@ def _with_embedding_output(path: Path, layer: EmbeddingLayer) -> bytes:
     op_types, which = layer
     nodes = [node for node in model.graph.node if node.op_type in op_types]
     if not nodes:
-        raise ValueError(f"{path}: no {'/'.join(op_types)} node, so no embedding to expose")
+        raise ValueError(
+            f"{path}: no {'/'.join(op_types)} node, so no embedding to expose"
+        )
     name = nodes[-1 if which == "last" else 0].input[0]
     model.graph.output.append(
         onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)

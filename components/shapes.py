@@ -27,7 +27,7 @@ _CROP_TRIES = 20
 
 
 def write_shapes(
-    out_dir: Path, *, count: int = 300, size: int = 64, seed: int = 0
+    out_dir: Path, *, count: int = 1000, size: int = 64, seed: int = 0
 ) -> None:
     """Write `count` images of `size` x `size` pixels and their masks under `out_dir`."""
     from sklearn.datasets import load_sample_images  # bundled photos: no network
@@ -52,10 +52,10 @@ def _scene(
     image = Image.fromarray(_background(photos, size, rng))
     mask = Image.new("L", (size, size), 0)
     draw_image, draw_mask = ImageDraw.Draw(image), ImageDraw.Draw(mask)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, 4))):
         label = int(rng.integers(1, len(CLASSES)))
         colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        outline = int(rng.integers(2, 5)) if rng.random() < 0.35 else 0
+        outline = int(rng.integers(3, 6)) if rng.random() < 0.25 else 0
         points = _shape(label, size, rng)
         for draw, fill in ((draw_image, colour), (draw_mask, label)):
             _draw(draw, label, points, fill, outline)
@@ -83,7 +83,7 @@ def _shape(
     label: int, size: int, rng: np.random.Generator
 ) -> list[tuple[float, float]]:
     """The shape's bounding box (circle, square) or corners (triangle), in pixels."""
-    radius = float(rng.uniform(size * 0.1, size * 0.3))
+    radius = float(rng.uniform(size * 0.14, size * 0.3))
     x, y = (float(v) for v in rng.uniform(radius, size - radius, size=2))
     if label == 3:
         turn = float(rng.uniform(0, 2 * np.pi))

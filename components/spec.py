@@ -33,7 +33,9 @@ class ModelSpec:
     # pixel; `classes` are then indexed by class id, and masks hold ids or ignore_index).
     task: str = "classification"
     ignore_index: int = 255  # segmentation: mask pixels that carry no label
-    output_stride: int = 16  # deeplabv3plus: input size / encoder feature size (8 or 16)
+    output_stride: int = (
+        16  # deeplabv3plus: input size / encoder feature size (8 or 16)
+    )
 
     @property
     def num_classes(self) -> int:

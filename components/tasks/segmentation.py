@@ -76,7 +76,11 @@ class Segmentation(Task):
         labels = [row.pop("label") for row in rows]
         frame = describe_images(root, images, max_pixels, labels)
         masks = pd.DataFrame(rows, index=frame.index)
-        counts = ["mask_height", "mask_width", *[f"pixels_{n}" for n in classes.names.values()]]
+        counts = [
+            "mask_height",
+            "mask_width",
+            *[f"pixels_{n}" for n in classes.names.values()],
+        ]
         masks[counts] = masks[counts].astype("Int64")  # nullable: a missing mask stays
         return pd.concat([frame, masks], axis=1)
 

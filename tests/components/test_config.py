@@ -41,8 +41,12 @@ SECTIONS = {
 
 @pytest.mark.parametrize(
     "params_path",
-    [ROOT / "params.yaml", ROOT / "params.segmentation.yaml", TINY_PARAMS,
-     TINY_PARAMS.with_name("params.segmentation.tiny.yaml")],
+    [
+        ROOT / "params.yaml",
+        ROOT / "params.segmentation.yaml",
+        TINY_PARAMS,
+        TINY_PARAMS.with_name("params.segmentation.tiny.yaml"),
+    ],
 )
 def test_every_section_loads_and_no_section_is_unknown(params_path: Path) -> None:
     raw = yaml.safe_load(params_path.read_text())

@@ -73,8 +73,7 @@ def test_evaluate_scores_the_shipped_onnx_and_the_fp32_candidate(
     ) == len(predictions)
     for key in ("brightness:low", "brightness:high"):
         assert (
-            metrics[f"slice_{key.replace(':', '_')}_accuracy"]
-            == slices[key]["score"]
+            metrics[f"slice_{key.replace(':', '_')}_accuracy"] == slices[key]["score"]
         )
     assert (folder / "reliability.png").stat().st_size > 1000
     calibration_table = json.loads((folder / "calibration.json").read_text())

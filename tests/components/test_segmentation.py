@@ -41,7 +41,9 @@ def _ingest(source: Path, out: Path) -> Path:
     return out
 
 
-def test_ingest_records_masks_classes_and_the_task(shapes: Path, tmp_path: Path) -> None:
+def test_ingest_records_masks_classes_and_the_task(
+    shapes: Path, tmp_path: Path
+) -> None:
     copy = tmp_path / "source"
     shutil.copytree(shapes, copy)
     # An identical image and mask under another name: content-addressed, same split.
@@ -64,8 +66,9 @@ def test_ingest_records_masks_classes_and_the_task(shapes: Path, tmp_path: Path)
     mask[0, 0] = 3 if mask[0, 0] != 3 else 2
     Image.fromarray(mask, mode="L").save(copy / "masks/twin.png")
     again = _ingest(copy, tmp_path / "dataset2")
-    assert json.loads((again / DATASET_JSON).read_text())["content_hash"] != (
-        summary["content_hash"]
+    assert (
+        json.loads((again / DATASET_JSON).read_text())["content_hash"]
+        != (summary["content_hash"])
     )
 
 
@@ -96,7 +99,9 @@ def test_validate_wants_every_class_in_train_and_few_empty_masks(
 ) -> None:
     source = tmp_path / "source"
     shutil.copytree(shapes, source)
-    for mask in sorted((source / "masks").glob("*.png"))[:12]:  # 12 of 30 all background
+    for mask in sorted((source / "masks").glob("*.png"))[
+        :12
+    ]:  # 12 of 30 all background
         Image.new("L", (32, 32), 0).save(mask)
     classes = yaml.safe_load((source / "classes.yaml").read_text())
     classes["classes"][4] = "hexagon"  # declared, never drawn
@@ -106,10 +111,14 @@ def test_validate_wants_every_class_in_train_and_few_empty_masks(
                       report_dir=tmp_path / "report")  # fmt: skip
     failed = "\n".join(result.failed)
     assert "every class has pixels in the train split: 1 offending: hexagon" in failed
-    assert "share of all-background masks at most 0.2" in failed and "12 of 30" in failed
+    assert (
+        "share of all-background masks at most 0.2" in failed and "12 of 30" in failed
+    )
 
 
-def test_classes_yaml_missing_or_with_gaps_is_named(shapes: Path, tmp_path: Path) -> None:
+def test_classes_yaml_missing_or_with_gaps_is_named(
+    shapes: Path, tmp_path: Path
+) -> None:
     source = tmp_path / "source"
     shutil.copytree(shapes, source)
     (source / "classes.yaml").write_text(yaml.safe_dump({"classes": {0: "bg", 2: "x"}}))
@@ -131,7 +140,9 @@ def test_augmentation_moves_image_and_mask_together_and_is_seeded() -> None:
         assert set(out_mask.unique().tolist()) <= {0, 2}  # never a blended id
         inside = out_mask == 2
         assert out[0][inside].mean() > 1.5 and out[0][~inside].mean() < 0.5
-        again, again_mask = augment_pair(image, mask, kinds, np.random.default_rng(seed))
+        again, again_mask = augment_pair(
+            image, mask, kinds, np.random.default_rng(seed)
+        )
         assert torch.equal(out, again) and torch.equal(out_mask, again_mask)
 
 

@@ -86,20 +86,31 @@ def run(
         mlflow.set_tracking_uri(None)
 
 
-def test_training_follows_val_miou_and_evaluate_writes_the_pinned_names(run: Run) -> None:
+def test_training_follows_val_miou_and_evaluate_writes_the_pinned_names(
+    run: Run,
+) -> None:
     history = json.loads((run.candidate / "history.json").read_text())
     trained = json.loads((run.candidate / "metrics.json").read_text())
     assert trained["val_miou"] == pytest.approx(max(row["val_miou"] for row in history))
     metrics = json.loads((run.evaluation / "metrics.json").read_text())
     assert metrics["task"] == "segmentation"
-    for key in ("test_miou", "test_pixel_accuracy", "fp32_test_miou", "test_fwiou",
-                "test_boundary_f1", "ece", *[f"iou_{name}" for name in CLASSES]):  # fmt: skip
+    for key in (
+        "test_miou",
+        "test_pixel_accuracy",
+        "fp32_test_miou",
+        "test_fwiou",
+        "test_boundary_f1",
+        "ece",
+        *[f"iou_{name}" for name in CLASSES],
+    ):
         assert 0.0 <= metrics[key] <= 1.0, key
     # better than predicting background everywhere (its mIoU: about a quarter)
     assert metrics["fp32_test_miou"] > 0.3
     assert metrics["fp32_pixel_agreement"] > 0.9  # int8 against fp32, pixel by pixel
     predictions = pd.read_parquet(run.evaluation / "predictions.parquet")
-    assert len(predictions) == metrics["test_images"] and predictions["sha256"].is_unique
+    assert (
+        len(predictions) == metrics["test_images"] and predictions["sha256"].is_unique
+    )
     assert predictions["quality"].between(0, 1).all()
     per_class = json.loads((run.evaluation / "per_class.json").read_text())
     assert set(per_class["shipped"]) == set(CLASSES)
@@ -126,8 +137,10 @@ def test_the_card_shows_the_segmentation_figures(run: Run) -> None:
 
 def test_promoted_segmenter_is_served_masks_at_the_upload_size(run: Run) -> None:
     gate = PromoteConfig.model_validate(
-        {**load_params("promote", PromoteConfig, PARAMS).model_dump(),
-         "ledger": str(run.root / "ledger.jsonl")}  # fmt: skip
+        {
+            **load_params("promote", PromoteConfig, PARAMS).model_dump(),
+            "ledger": str(run.root / "ledger.jsonl"),
+        }
     )
     decision = promote(gate, evaluation_dir=run.evaluation, shipped_dir=run.shipped,
                        report_path=run.root / "promotion.json")  # fmt: skip
@@ -138,8 +151,8 @@ def test_promoted_segmenter_is_served_masks_at_the_upload_size(run: Run) -> None
     env = {"MLFLOW_TRACKING_URI": run.mlflow_uri}
     with servers.model_service(run.root / "service", PARAMS, env) as url:
         _wait_ready(url)
-        answer = httpx.post(f"{url}/predict", timeout=30,
-                            files=[("files", ("a.png", buffer.getvalue(), "image/png"))])  # fmt: skip
+        upload = [("files", ("a.png", buffer.getvalue(), "image/png"))]
+        answer = httpx.post(f"{url}/predict", files=upload, timeout=30)
         assert answer.status_code == 200, answer.text
         prediction = answer.json()["predictions"][0]
         mask = Image.open(io.BytesIO(base64.b64decode(prediction["mask_png_base64"])))
@@ -148,7 +161,7 @@ def test_promoted_segmenter_is_served_masks_at_the_upload_size(run: Run) -> None
         assert sum(prediction["class_areas"].values()) == pytest.approx(1.0)
         assert prediction["label"] in CLASSES
         scraped = httpx.get(f"{url}/metrics", timeout=10).text
-        assert 'mlops_serve_predictions_total{' in scraped
+        assert "mlops_serve_predictions_total{" in scraped
 
 
 def test_monitor_watches_the_masks_outputs(run: Run, tmp_path: Path) -> None:
@@ -159,7 +172,9 @@ def test_monitor_watches_the_masks_outputs(run: Run, tmp_path: Path) -> None:
                      report_dir=tmp_path / "drift", data_dir=run.data,
                      current=str(run.data / "images"))  # fmt: skip
     scores = json.loads((tmp_path / "drift/drift.json").read_text())["scores"]
-    assert {"area_circle", "pixel_entropy", "embedding_0", "predicted_class"} <= set(scores)
+    assert {"area_circle", "pixel_entropy", "embedding_0", "predicted_class"} <= set(
+        scores
+    )
     assert result.images == 60
 
 
