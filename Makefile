@@ -37,7 +37,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy components
 
 bench: $(STAMP)
-	for name in pipeline train_overhead hpo fault_tolerance compression drift_detection serving; do \
+	for name in pipeline train_overhead hpo fault_tolerance compression drift_detection serving segmentation; do \
 		PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/$$name.py --quick || exit 1; done
 
 clean-venv:

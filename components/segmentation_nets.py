@@ -116,6 +116,12 @@ class UNet(nn.Module):
         )
         self.classifier = nn.Conv2d(spec.channels[0], spec.num_classes, 1)
 
+    @property
+    def embedding_input(self) -> nn.Module:
+        """The layer whose input is the encoder's deepest features (the drift monitor's
+        embedding; in ONNX, the first Resize reads the same map)."""
+        return self.decoder[0]
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         skips: list[torch.Tensor] = []
         features = images
@@ -222,6 +228,11 @@ class DeepLabV3Plus(nn.Module):
             conv_bn_relu(spec.hidden, spec.hidden),
         )
         self.classifier = nn.Conv2d(spec.hidden, spec.num_classes, 1)
+
+    @property
+    def embedding_input(self) -> nn.Module:
+        """The layer whose input is the encoder's output (the drift monitor's embedding)."""
+        return self.aspp
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         low = self.low_level(self.stem(images))

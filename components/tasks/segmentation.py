@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -341,17 +341,14 @@ class Segmentation(Task):
 
     # ---- monitor and serve -------------------------------------------------------------
     def embedding_module(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The decoder's first upsampling layer (its input: the encoder's deepest map)."""
-        import torch
-
-        upsampling = (torch.nn.Upsample, torch.nn.ConvTranspose2d)
-        found = [m for m in model.modules() if isinstance(m, upsampling)]
-        if not found:
+        """The net's `embedding_input`: the layer that reads the encoder's deepest map."""
+        layer = getattr(model, "embedding_input", None)
+        if layer is None:
             raise ValueError(
-                f"{type(model).__name__}: no upsampling layer to read the "
+                f"{type(model).__name__}: no embedding_input layer to read the "
                 "encoder's features from"
             )
-        return found[0]
+        return cast("torch.nn.Module", layer)
 
     def output_features(
         self, probabilities: np.ndarray, spec: ModelSpec

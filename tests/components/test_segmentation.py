@@ -35,7 +35,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _ingest(source: Path, out: Path) -> Path:
+def _ingest(source: Path | str, out: Path) -> Path:
     ingest(IngestConfig(source=str(source), val_fraction=0.2, test_fraction=0.2),
            out_dir=out, task="segmentation")  # fmt: skip
     return out
@@ -173,3 +173,23 @@ def test_running_miou_matches_the_evaluated_miou_and_ignores_unlabelled() -> Non
         SEGMENTATION.counts(changed, targets, spec),
         SEGMENTATION.counts(logits, targets, spec),
     )
+
+
+def test_s3_segmentation_source_matches_local(
+    shapes: Path, tmp_path: Path, aws_env: dict[str, str]
+) -> None:
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="masks")
+    for path in shapes.rglob("*"):
+        if path.is_file():
+            s3.upload_file(
+                str(path), "masks", f"v1/{path.relative_to(shapes).as_posix()}"
+            )
+    remote = json.loads(
+        (_ingest("s3://masks/v1", tmp_path / "s3") / DATASET_JSON).read_text()
+    )
+    local = json.loads((_ingest(shapes, tmp_path / "local") / DATASET_JSON).read_text())
+    assert remote["content_hash"] == local["content_hash"]
+    assert remote["classes"] == local["classes"]
