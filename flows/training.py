@@ -49,7 +49,8 @@ def training(
     outcome, not a failure; a registry error fails the run (nothing promoted)."""
     data_dir = root / "data/dataset"
     dataset = ingest_task(
-        load_params("ingest", IngestConfig, params_path), out_dir=data_dir,
+        load_params("ingest", IngestConfig, params_path),
+        out_dir=data_dir,
         task=load_task_name(params_path),
     )
     report = validate_task(
