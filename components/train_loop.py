@@ -227,7 +227,8 @@ def _loader(
         sampler=sampler,
         num_workers=cfg.loader_workers,
         pin_memory=cfg.use_gpu,
-        persistent_workers=cfg.loader_workers > 0,
+        # Persistent workers would keep the dataset of epoch 0 (and its augmentation draw).
+        persistent_workers=cfg.loader_workers > 0 and not cfg.augment,
     )
 
 

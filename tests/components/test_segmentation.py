@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from components.augment import augment_pair
-from components.config import IngestConfig, ValidateConfig
+from components.config import IngestConfig, TrainConfig, ValidateConfig
 from components.ingest import DATASET_JSON, MANIFEST, ingest
 from components.masks import MaskError
 from components.segmentation_metrics import pixel_confusion, segmentation_summary
@@ -193,3 +193,23 @@ def test_s3_segmentation_source_matches_local(
     local = json.loads((_ingest(shapes, tmp_path / "local") / DATASET_JSON).read_text())
     assert remote["content_hash"] == local["content_hash"]
     assert remote["classes"] == local["classes"]
+
+
+def test_the_augmentation_draw_changes_with_the_epoch_only(
+    shapes: Path, tmp_path: Path
+) -> None:
+    from components.data import read_split
+    from components.train import model_spec
+
+    data = _ingest(shapes, tmp_path / "dataset")
+    cfg = TrainConfig(
+        arch="unet", image_size=32, channels=[8], augment=["hflip", "vflip"]
+    )
+    spec = model_spec(cfg, data)
+    rows = read_split(data, "train")
+    first = SEGMENTATION.dataset(data, rows, spec, augment=cfg.augment, seed=0)
+    second = SEGMENTATION.dataset(data, rows, spec, augment=cfg.augment, seed=0)
+    masks = [first[i][1] for i in range(8)]
+    assert all(torch.equal(m, second[i][1]) for i, m in enumerate(masks))
+    first.set_epoch(1)
+    assert any(not torch.equal(m, first[i][1]) for i, m in enumerate(masks))
