@@ -104,8 +104,6 @@ def test_training_follows_val_miou_and_evaluate_writes_the_pinned_names(
         *[f"iou_{name}" for name in CLASSES],
     ):
         assert 0.0 <= metrics[key] <= 1.0, key
-    # better than predicting background everywhere (its mIoU: about a quarter)
-    assert metrics["fp32_test_miou"] > 0.3
     assert metrics["fp32_pixel_agreement"] > 0.9  # int8 against fp32, pixel by pixel
     predictions = pd.read_parquet(run.evaluation / "predictions.parquet")
     assert (
@@ -114,6 +112,14 @@ def test_training_follows_val_miou_and_evaluate_writes_the_pinned_names(
     assert predictions["quality"].between(0, 1).all()
     per_class = json.loads((run.evaluation / "per_class.json").read_text())
     assert set(per_class["shipped"]) == set(CLASSES)
+    # Better than background everywhere: that scores the background's share of the test
+    # pixels as its IoU, 0 for every other class present.
+    pixels = {name: row["pixels"] for name, row in per_class["fp32"].items()}
+    present = sum(count > 0 for count in pixels.values())
+    assert (
+        metrics["fp32_test_miou"]
+        > pixels["background"] / sum(pixels.values()) / present
+    )
     assert (run.evaluation / "worst_images.png").stat().st_size > 1000
     compression = json.loads((run.root / "compression.json").read_text())
     assert compression["metric"] == "miou"
