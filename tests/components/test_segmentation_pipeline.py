@@ -72,7 +72,7 @@ def run(
                            data_dir=data, report_dir=root / "validation")  # fmt: skip
         assert checked.success, checked.failed
         train_cfg = load_params("train", TrainConfig, PARAMS)
-        trained = train(train_cfg.model_copy(update={"epochs": 6}), data_dir=data,
+        trained = train(train_cfg.model_copy(update={"epochs": 10}), data_dir=data,
                         out_dir=root / "candidate", params_path=PARAMS)  # fmt: skip
         shipped = compress(load_params("compress", CompressConfig, PARAMS),
                            model_dir=trained.model_dir, data_dir=data,

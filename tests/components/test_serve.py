@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -258,11 +259,14 @@ def test_swap_and_rollback_under_load_drop_nothing(setup: Setup) -> None:
 
 
 def test_an_unreachable_registry_is_reported_not_fatal(setup: Setup) -> None:
-    dead = f"http://127.0.0.1:{servers.free_port()}"  # nothing listens there
-    setup.env["MLFLOW_TRACKING_URI"] = dead
-    with _service(setup) as url:
-        _assert_not_ready(url, setup, "127.0.0.1")
-        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    # A port held bound but never listening: connections are refused, and no other server
+    # of the test session can take it meanwhile (a free port merely probed could be).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        setup.env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{held.getsockname()[1]}"
+        with _service(setup) as url:
+            _assert_not_ready(url, setup, "127.0.0.1")
+            assert httpx.get(f"{url}/health", timeout=10).status_code == 200
 
 
 def test_a_rejected_candidate_never_reaches_the_service(setup: Setup) -> None:
