@@ -24,8 +24,6 @@ def augment_pair(
     mask: torch.Tensor | None,
     augment: Sequence[str],
     rng: np.random.Generator,
-    *,
-    ignore_index: int = 255,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`image` (C, H, W) float and `mask` (H, W) ids (or None) with the same changes."""
     if "hflip" in augment and rng.random() < 0.5:

@@ -108,8 +108,7 @@ class MaskDataset(LabelledImages):
         image = to_tensor(self.paths[index], self.spec)
         mask = torch.from_numpy(to_target_mask(self.masks[index], self.spec))
         if self.augment:
-            image, augmented = augment_pair(image, mask, self.augment, self._rng(index),
-                                            ignore_index=self.spec.ignore_index)  # fmt: skip
+            image, augmented = augment_pair(image, mask, self.augment, self._rng(index))
             assert augmented is not None
             mask = augmented
         return image, mask.long()

@@ -35,11 +35,6 @@ def manifest_expectations(cfg: ValidateConfig) -> list[Any]:
             column=column, min_value=1, max_value=1, meta={"check": check}
         )
 
-    def true(column: str, check: str) -> Any:
-        return gxe.ExpectColumnValuesToBeInSet(
-            column=column, value_set=[True], meta={"check": check}
-        )
-
     return [
         gxe.ExpectTableRowCountToBeBetween(
             min_value=1, meta={"check": "dataset not empty"}
@@ -57,15 +52,15 @@ def manifest_expectations(cfg: ValidateConfig) -> list[Any]:
             value_set=list(SPLITS),
             meta={"check": "split is train/val/test"},
         ),
-        true("inside_root", "file resolves inside the dataset root"),
-        true("exists", "file exists"),
-        true("checksum_ok", "file matches its manifest sha256"),
-        true(
+        _true("inside_root", "file resolves inside the dataset root"),
+        _true("exists", "file exists"),
+        _true("checksum_ok", "file matches its manifest sha256"),
+        _true(
             "within_bounds",
             f"pixel dimensions within [{cfg.min_side}, {cfg.max_side}] per side and "
             f"{cfg.max_pixels} pixels (header only)",
         ),
-        true("decodes", "file decodes as an image"),
+        _true("decodes", "file decodes as an image"),
         one("labels_with_same_content", "no identical image under two labels"),
         one("splits_with_same_content", "no identical image in two splits (leakage)"),
     ]
@@ -117,18 +112,12 @@ def class_table(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def mask_expectations() -> list[Any]:
     """Segmentation: one row per image and per orphan mask (components/tasks/segmentation)."""
-    import great_expectations.expectations as gxe
-
-    def true(column: str, check: str) -> Any:
-        return gxe.ExpectColumnValuesToBeInSet(
-            column=column, value_set=[True], meta={"check": check}
-        )
 
     return [
-        true("paired", "every image has exactly one mask and every mask an image"),
-        true("reads_as_ids", "mask is one channel of class ids (grey or palette PNG)"),
-        true("same_size", "mask has its image's width and height"),
-        true("declared_values", "mask values are declared class ids or the ignore id"),
+        _true("paired", "every image has exactly one mask and every mask an image"),
+        _true("reads_as_ids", "mask is one channel of class ids (grey or palette PNG)"),
+        _true("same_size", "mask has its image's width and height"),
+        _true("declared_values", "mask values are declared class ids or the ignore id"),
     ]
 
 
@@ -142,6 +131,15 @@ def segmentation_class_expectations(cfg: ValidateConfig) -> list[Any]:
             meta={"check": "every class has pixels in the train split"},
         )
     ]
+
+
+def _true(column: str, check: str) -> Any:
+    """Every value is True; nulls (a check that did not apply to the row) are skipped."""
+    import great_expectations.expectations as gxe
+
+    return gxe.ExpectColumnValuesToBeInSet(
+        column=column, value_set=[True], meta={"check": check}
+    )
 
 
 def run_suites(
